@@ -1,0 +1,39 @@
+// common.c: error strings and the clock.
+#include "common.h"
+
+#include <uv.h>
+
+const char *vk_strerror(int rv) {
+  switch (rv) {
+    case VK_OK:
+      return "ok";
+    case VK_ENOMEM:
+      return "out of memory";
+    case VK_EINVAL:
+      return "invalid argument";
+    case VK_EBUSY:
+      return "queue full";
+    case VK_EUNAVAIL:
+      return "backend unavailable";
+    case VK_ETIMEDOUT:
+      return "timed out";
+    case VK_ECLOSED:
+      return "closed";
+    case VK_EAGAIN:
+      return "would block";
+    case VK_EPROTO:
+      return "protocol error";
+    case VK_ETOOBIG:
+      return "too big";
+    case VK_EIO:
+      return "I/O error";
+    case VK_ENOTFOUND:
+      return "not found";
+    default:
+      return "unknown error";
+  }
+}
+
+uint64_t vk_now_ms(void) {
+  return uv_hrtime() / 1000000u;
+}
