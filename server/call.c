@@ -223,15 +223,6 @@ static bool submit_headers(vk_call_t *call) {
                                  &prd) == 0;
 }
 
-// The client is still sending but the response is complete: RFC 9113 §8.1
-// lets the server reset the stream with NO_ERROR so the client stops.
-static void stop_request_body(vk_call_t *call) {
-  if (!call->half_closed) {
-    nghttp2_submit_rst_stream(call->conn->h2, NGHTTP2_FLAG_NONE,
-                              call->stream_id, NGHTTP2_NO_ERROR);
-  }
-}
-
 // Trailers-Only: one HEADERS frame with END_STREAM carrying the status.
 static void submit_trailers_only(vk_call_t *call, const char *http_status) {
   nghttp2_nv nva[kMaxNv];
@@ -246,8 +237,10 @@ static void submit_trailers_only(vk_call_t *call, const char *http_status) {
   n = add_md_nv(nva, n, call->resp_headers);
   n = add_status_nv(call, nva, n, status_buf, sizeof(status_buf));
   call->headers_sent = true;
+  // A client still sending is told to stop (RST_STREAM NO_ERROR) only once
+  // this HEADERS frame is out: h2.c's on_frame_send. Submitting the reset
+  // now would mark the stream closing and nghttp2 would drop the response.
   nghttp2_submit_response(call->conn->h2, call->stream_id, nva, n, NULL);
-  stop_request_body(call);
 }
 
 static void submit_trailers(vk_call_t *call) {
@@ -255,7 +248,6 @@ static void submit_trailers(vk_call_t *call) {
   char status_buf[16];
   size_t n = add_status_nv(call, nva, 0, status_buf, sizeof(status_buf));
   nghttp2_submit_trailer(call->conn->h2, call->stream_id, nva, n);
-  stop_request_body(call);
 }
 
 static void queue_writable(vk_call_t *call) {
@@ -758,6 +750,10 @@ const uint8_t *vk_call_metadata(const vk_call_t *call, const char *key,
     }
   }
   return NULL;
+}
+
+const char *vk_call_path(const vk_call_t *call) {
+  return call->path;
 }
 
 void vk_call_peer(const vk_call_t *call, char *out, size_t out_len) {

@@ -1,6 +1,8 @@
 // common.c: error strings and the clock.
 #include "common.h"
 
+#include <time.h>
+
 #include <uv.h>
 
 const char *vk_strerror(int rv) {
@@ -36,4 +38,10 @@ const char *vk_strerror(int rv) {
 
 uint64_t vk_now_ms(void) {
   return uv_hrtime() / 1000000u;
+}
+
+int64_t vk_wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

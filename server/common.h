@@ -34,4 +34,7 @@ const char *vk_strerror(int rv);
 // vk_now_ms returns a monotonic clock in milliseconds.
 uint64_t vk_now_ms(void);
 
+// vk_wall_ms returns the wall clock in Unix milliseconds.
+int64_t vk_wall_ms(void);
+
 #endif  // VK_COMMON_H

@@ -28,6 +28,8 @@ enum {
   OPT_REDIS_TIMEOUT,
   OPT_SEND_QUEUE,
   OPT_LOG_LEVEL,
+  OPT_SIGNING_KEY,
+  OPT_IDENTITY_PUB,
   OPT_HELP,
   OPT_VERSION,
 };
@@ -50,6 +52,8 @@ static const struct option kOptions[] = {
     {"redis-timeout", required_argument, NULL, OPT_REDIS_TIMEOUT},
     {"send-queue", required_argument, NULL, OPT_SEND_QUEUE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"signing-key", required_argument, NULL, OPT_SIGNING_KEY},
+    {"identity-issuer-pub", required_argument, NULL, OPT_IDENTITY_PUB},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -73,6 +77,12 @@ static void usage(FILE *f) {
       "  --data-dir DIR           embedded Redis data (AOF) [./vkey-data]\n"
       "  --redis-server PATH      redis-server binary [redis-server]\n"
       "  --redis-timeout MS       per-command Redis deadline [2000]\n"
+      "  --signing-key FILE       seed of the key that signs virtual keys,\n"
+      "                           made if missing [DATA/signing.key]\n"
+      "  --identity-issuer-pub FILE\n"
+      "                           public key (hex) of the identity issuer\n"
+      "                           whose tokens to accept [vkeyd is its own\n"
+      "                           development issuer: DATA/identity-issuer.key]\n"
       "  --workers N              signature worker threads [CPUs]\n"
       "  --max-streams N          concurrent streams per connection [100]\n"
       "  --max-header-list BYTES  request metadata per call [16384]\n"
@@ -238,6 +248,12 @@ int vk_config_parse(vk_config_t *out, int argc, char **argv, FILE *info,
         break;
       case OPT_REDIS_SERVER:
         out->redis_server = optarg;
+        break;
+      case OPT_SIGNING_KEY:
+        out->signing_key = optarg;
+        break;
+      case OPT_IDENTITY_PUB:
+        out->identity_pub = optarg;
         break;
       case OPT_LOG_LEVEL:
         if (vk_log_parse_level(&out->log_level, optarg) != VK_OK) {

@@ -23,6 +23,10 @@ typedef struct vk_config_s {
   const char *redis_url;     // NULL: start the embedded redis-server
   const char *data_dir;      // the embedded Redis's home
   const char *redis_server;  // the redis-server binary for the embedded mode
+  const char *signing_key;   // key-signing seed file; NULL: DATA/signing.key
+  // A trusted identity issuer's public key (hex file); NULL: vkeyd is its
+  // own development issuer with DATA/identity-issuer.key.
+  const char *identity_pub;
   unsigned workers;          // 0: one per CPU
   uint32_t drain_timeout_ms;
   uint32_t redis_timeout_ms;

@@ -259,11 +259,16 @@ void vk__conn_flush(vk_conn_t *c) {
   while (!c->writing && !c->closing) {
     vk_bytes_t *plain = &s->out_plain;
     plain->len = 0;
-    int rv = gather_h2_output(c, plain);
-    if (rv != 0) {
-      VK_WARN("conn %s: %s", c->peer, nghttp2_strerror(rv));
-      vk__conn_close(c);
-      return;
+    // Until the TLS handshake completes SSL_write cannot carry our SETTINGS
+    // (it fails with WANT_READ): leave them in nghttp2 and send only the
+    // handshake records.
+    if (c->ssl == NULL || c->handshake_done) {
+      int rv = gather_h2_output(c, plain);
+      if (rv != 0) {
+        VK_WARN("conn %s: %s", c->peer, nghttp2_strerror(rv));
+        vk__conn_close(c);
+        return;
+      }
     }
     const uint8_t *data = plain->data;
     size_t len = plain->len;

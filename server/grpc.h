@@ -118,6 +118,9 @@ ProtobufCAllocator *vk_call_allocator(vk_call_t *call);
 const uint8_t *vk_call_metadata(const vk_call_t *call, const char *key,
                                 size_t *out_len);
 
+// vk_call_path returns the call's ":path", "/package.Service/Method".
+const char *vk_call_path(const vk_call_t *call);
+
 // vk_call_peer writes the client's address as "ip:port" into `out`.
 void vk_call_peer(const vk_call_t *call, char *out, size_t out_len);
 

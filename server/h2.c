@@ -106,6 +106,26 @@ static int on_stream_close(nghttp2_session *h2, int32_t stream_id,
   return 0;
 }
 
+// The response is complete (HEADERS with END_STREAM: Trailers-Only or
+// trailers). If the client is still sending, RFC 9113 §8.1 lets the server
+// reset the stream with NO_ERROR so the client stops. This must wait until
+// the frame is out: a reset submitted earlier marks the stream closing and
+// nghttp2 drops the queued HEADERS, leaving the client with no status.
+static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame,
+                         void *user_data) {
+  (void)user_data;
+  if (frame->hd.type != NGHTTP2_HEADERS ||
+      !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+    return 0;
+  }
+  vk_call_t *call = stream_call(h2, frame->hd.stream_id);
+  if (call != NULL && !call->half_closed) {
+    nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                              NGHTTP2_NO_ERROR);
+  }
+  return 0;
+}
+
 static int on_invalid_frame_recv(nghttp2_session *h2,
                                  const nghttp2_frame *frame, int lib_error,
                                  void *user_data) {
@@ -129,6 +149,7 @@ int vk__h2_callbacks_new(nghttp2_session_callbacks **out) {
       cbs, on_data_chunk_recv);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs,
                                                          on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
   nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(
       cbs, on_invalid_frame_recv);
   *out = cbs;

@@ -2,18 +2,25 @@
 // server (server.c), Redis (cache/), the worker pool, health and reflection;
 // starts the embedded redis-server when no --redis is given; and drains
 // gracefully on SIGTERM/SIGINT.
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
+#include "app.h"
 #include "config.h"
+#include "crypto.h"
 #include "embedded.h"
 #include "health.h"
+#include "identity.h"
 #include "log.h"
 #include "redis.h"
 #include "reflection.h"
 #include "server.h"
+#include "store.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -23,6 +30,7 @@ extern const size_t vk_fds_vkeyd_len;
 typedef struct vk_daemon_s {
   uv_loop_t *loop;
   vk_config_t cfg;
+  vk_app_t app;
   vk_server_t *server;
   vk_health_t *health;
   vk_reflection_t *reflection;
@@ -35,11 +43,25 @@ typedef struct vk_daemon_s {
   bool stopping;
 } vk_daemon_t;
 
-static void on_redis_state(vk_redis_t *r, bool connected, void *arg) {
+static void on_issuer_published(vk_redis_t *r, int status,
+                                const redisReply *reply, void *priv) {
   (void)r;
+  (void)priv;
+  if (status != VK_OK || reply->type == REDIS_REPLY_ERROR) {
+    VK_WARN("redis: could not publish the signing key's public half");
+  }
+}
+
+static void on_redis_state(vk_redis_t *r, bool connected, void *arg) {
   vk_daemon_t *d = arg;
   if (connected) {
     VK_INFO("redis: connected");
+    // Every instance and every vehicle must be able to check keys signed by
+    // any signing key still in use, so the public halves live in Redis.
+    const vk_ed25519_key_t *k = &d->app.signing_key;
+    vk_redis_command(r, on_issuer_published, NULL, "HSET %s %s %b",
+                     VK_REDIS_ISSUERS, k->key_id, k->public_key,
+                     sizeof(k->public_key));
   } else {
     VK_WARN("redis: connection lost; reconnecting");
   }
@@ -65,6 +87,11 @@ static void release_all(vk_daemon_t *d) {
   d->workers = NULL;
   vk_redis_free(d->redis);
   d->redis = NULL;
+  d->app.redis = NULL;
+  d->app.workers = NULL;
+  vk_token_cache_free(d->app.token_cache);
+  d->app.token_cache = NULL;
+  vk_ed25519_key_cleanse(&d->app.signing_key);
   SSL_CTX_free(d->tls);
   d->tls = NULL;
   if (d->redis_child != NULL) {
@@ -122,6 +149,70 @@ static int start_redis(vk_daemon_t *d) {
   return rv;
 }
 
+static int read_hex_public_key(uint8_t out[32], const char *path) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    VK_ERROR("cannot read %s: %s", path, strerror(errno));
+    return VK_EIO;
+  }
+  char text[80] = {0};
+  size_t n = fread(text, 1, sizeof(text) - 1, f);
+  fclose(f);
+  while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r')) {
+    n--;
+  }
+  if (n != 64) {
+    VK_ERROR("%s: want 64 hex digits (an Ed25519 public key)", path);
+    return VK_EINVAL;
+  }
+  for (size_t i = 0; i < 32; i++) {
+    unsigned v;
+    if (sscanf(text + 2 * i, "%2x", &v) != 1) {
+      VK_ERROR("%s: not hex", path);
+      return VK_EINVAL;
+    }
+    out[i] = (uint8_t)v;
+  }
+  return VK_OK;
+}
+
+// The keys: the one that signs virtual keys, and the identity issuer whose
+// tokens we trust. In the embedded default both live in --data-dir.
+static int load_keys(vk_daemon_t *d) {
+  char path[4096];
+  if (mkdir(d->cfg.data_dir, 0700) != 0 && errno != EEXIST) {
+    VK_ERROR("cannot create %s: %s", d->cfg.data_dir, strerror(errno));
+    return VK_EIO;
+  }
+  const char *signing = d->cfg.signing_key;
+  if (signing == NULL) {
+    snprintf(path, sizeof(path), "%s/signing.key", d->cfg.data_dir);
+    signing = path;
+  }
+  int rv = vk_ed25519_key_load_or_create(&d->app.signing_key, signing);
+  if (rv != VK_OK) {
+    return rv;
+  }
+  uint8_t *pub = d->app.trusted_issuers[0];
+  if (d->cfg.identity_pub != NULL) {
+    rv = read_hex_public_key(pub, d->cfg.identity_pub);
+  } else {
+    vk_ed25519_key_t issuer;
+    snprintf(path, sizeof(path), "%s/identity-issuer.key", d->cfg.data_dir);
+    rv = vk_ed25519_key_load_or_create(&issuer, path);
+    memcpy(pub, issuer.public_key, 32);
+    vk_ed25519_key_cleanse(&issuer);
+  }
+  if (rv != VK_OK) {
+    return rv;
+  }
+  vk_ed25519_key_id(d->app.trusted_issuer_ids[0], pub);
+  d->app.n_trusted_issuers = 1;
+  VK_INFO("signing key %s; trusting identity issuer %s",
+          d->app.signing_key.key_id, d->app.trusted_issuer_ids[0]);
+  return vk_token_cache_new(&d->app.token_cache, 65536);
+}
+
 static int start_services(vk_daemon_t *d) {
   int rv = vk_health_new(&d->health);
   if (rv != VK_OK) {
@@ -139,6 +230,9 @@ static int start_services(vk_daemon_t *d) {
   if (rv != VK_OK) {
     return rv;
   }
+  d->app.loop = d->loop;
+  d->app.workers = d->workers;
+  d->app.redis = d->redis;
   rv = vk_server_new(&d->server, d->loop, &d->cfg.limits);
   if (rv != VK_OK) {
     return rv;
@@ -213,7 +307,8 @@ int main(int argc, char **argv) {
   d.sigterm.data = d.sigint.data = &d;
 
   int exit_code = 0;
-  if (start_redis(&d) != VK_OK || start_services(&d) != VK_OK ||
+  if (load_keys(&d) != VK_OK || start_redis(&d) != VK_OK ||
+      start_services(&d) != VK_OK ||
       start_listeners(&d) != VK_OK) {
     exit_code = 1;
     d.stopping = true;

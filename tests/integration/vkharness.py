@@ -11,7 +11,7 @@ VK_SOURCE_DIR, PYTHONPATH including the generated stubs.
 
 import os
 import shutil
-import signal
+import signal as _signal
 import socket
 import subprocess
 import tempfile
@@ -86,7 +86,8 @@ class Process:
             env=full_env)
 
     def log(self):
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path, "r", errors="replace") as f:
             return f.read()
 
@@ -96,7 +97,7 @@ class Process:
     def signal(self, sig):
         self.proc.send_signal(sig)
 
-    def stop(self, sig=signal.SIGTERM, timeout=30.0):
+    def stop(self, sig=_signal.SIGTERM, timeout=30.0):
         """Signal the process and wait; returns its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -1,0 +1,55 @@
+// procstat.h: CPU time and memory of a process and of the machine, read from
+// /proc, sampled at both ends of vkey-bench's measured window.
+#ifndef VK_BENCH_PROCSTAT_H
+#define VK_BENCH_PROCSTAT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct vk_proc_sample_s {
+  double cpu_s;     // utime + stime, seconds
+  uint64_t rss_kb;  // VmRSS
+  uint64_t hwm_kb;  // VmHWM: peak RSS since the process started
+} vk_proc_sample_t;
+
+// vk_proc_sample reads /proc/PID/stat and /proc/PID/status. Returns 0,
+// VK_ENOTFOUND if there is no such process, or VK_EPROTO if a file does not
+// parse.
+int vk_proc_sample(vk_proc_sample_t *out, int64_t pid);
+
+// vk_proc_parse_stat extracts utime + stime (in clock ticks) from the text
+// of /proc/PID/stat. The command name may hold spaces and parentheses, so
+// fields are counted from the last ')'. Returns 0 or VK_EPROTO.
+int vk_proc_parse_stat(uint64_t *out_ticks, const char *text);
+
+// vk_proc_parse_status_kb finds the line "`key`:   N kB" in the text of
+// /proc/PID/status. Returns 0 or VK_ENOTFOUND.
+int vk_proc_parse_status_kb(uint64_t *out_kb, const char *text,
+                            const char *key);
+
+typedef struct vk_machine_sample_s {
+  uint64_t total;  // jiffies of every CPU state, all CPUs
+  uint64_t idle;   // idle + iowait
+  int ncpu;        // online CPUs
+} vk_machine_sample_t;
+
+// vk_machine_sample reads the "cpu" line of /proc/stat. Returns 0 or
+// VK_EIO / VK_EPROTO.
+int vk_machine_sample(vk_machine_sample_t *out);
+
+// vk_machine_busy_cores returns how many CPUs were busy on average between
+// two samples (0..ncpu).
+double vk_machine_busy_cores(const vk_machine_sample_t *before,
+                             const vk_machine_sample_t *after);
+
+// vk_self_cpu_s returns this process's user + system CPU seconds.
+double vk_self_cpu_s(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // VK_BENCH_PROCSTAT_H

@@ -1,0 +1,65 @@
+// report.h: the results of one vkey-bench run and their two printed forms,
+// a table for people and one JSON object for scripts (bench/run.sh).
+#ifndef VK_BENCH_REPORT_H
+#define VK_BENCH_REPORT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "args.h"
+#include "histogram.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VK_BENCH_NGRPC_CODES 17  // OK .. UNAUTHENTICATED
+
+typedef struct vk_bench_result_s {
+  double elapsed_s;  // length of the measured window
+  uint64_t ok;       // grpc-status 0 and the response passed the check
+  // Calls that ended with grpc-status N != 0, by N; codes above 16 go to
+  // grpc_other.
+  uint64_t grpc_errors[VK_BENCH_NGRPC_CODES];
+  uint64_t grpc_other;
+  // HTTP-level failures: :status not 200, RST_STREAM, no grpc-status, or the
+  // connection lost while the call was in flight.
+  uint64_t http_errors;
+  uint64_t bad_responses;  // grpc-status 0, but the check refused the body
+  uint64_t unfinished;     // still in flight when the window closed
+  uint64_t max_backlog;    // open loop: most requests due but not yet sent
+  char first_error[160];   // the first failure, for the reader
+  vk_hist_t latency;       // microseconds, successful calls only
+  double client_cpu_s;     // this process, over the window
+  double machine_busy_cores;  // every process, over the window
+  int ncpu;
+  uint32_t server_max_streams;  // SETTINGS_MAX_CONCURRENT_STREAMS seen
+  int has_server;               // --server-pid was given
+  double server_cpu_s;
+  uint64_t server_rss_kb_before;
+  uint64_t server_rss_kb_after;
+  uint64_t server_hwm_kb;
+} vk_bench_result_t;
+
+// vk_bench_result_init zeroes `r` and prepares its latency histogram.
+// Returns 0 or VK_ENOMEM. Free with vk_bench_result_cleanup.
+int vk_bench_result_init(vk_bench_result_t *r);
+void vk_bench_result_cleanup(vk_bench_result_t *r);
+
+// vk_bench_result_failed returns every failed call: gRPC, HTTP and checks.
+uint64_t vk_bench_result_failed(const vk_bench_result_t *r);
+
+// vk_bench_report_text prints the human-readable report.
+void vk_bench_report_text(FILE *out, const vk_bench_config_t *cfg,
+                          const vk_bench_result_t *r);
+
+// vk_bench_report_json prints one JSON object and a newline. Field names
+// are documented in bench/README.md.
+void vk_bench_report_json(FILE *out, const vk_bench_config_t *cfg,
+                          const vk_bench_result_t *r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // VK_BENCH_REPORT_H

@@ -1,0 +1,117 @@
+// scenario.h: what vkey-bench sends and how it checks the answers.
+//
+// A scenario is one row of a table: a name, the gRPC method, and two
+// functions: `build` writes request number i of a pool of requests (the
+// protobuf message; the harness adds the 5-byte gRPC prefix), `check`
+// validates one response message. The pool is built once before the run, so
+// costly client work (signing a challenge for `verify`, distinct keys for
+// `verify-cold`) never competes with the server for the CPU during the
+// measured window. To add a scenario, write its build and check functions in
+// scenario.c, fill in its row and set `available`.
+#ifndef VK_BENCH_SCENARIO_H
+#define VK_BENCH_SCENARIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// The largest request message and response message the harness handles.
+#define VK_BENCH_MAX_MESSAGE (1u << 20)
+
+typedef enum {
+  VK_BENCH_KIND_RPC = 0,  // requests over -c connections x -m streams
+  // Connection scale: open and hold many connections (the vehicle channel).
+  // Hook for issue 6, part 2: the run loop for it is not written yet.
+  VK_BENCH_KIND_CONNECT = 1,
+} vk_bench_kind_t;
+
+// vk_bench_buf_t is a growable byte buffer capped at VK_BENCH_MAX_MESSAGE.
+typedef struct vk_bench_buf_s {
+  uint8_t *data;
+  size_t len;
+  size_t cap;
+} vk_bench_buf_t;
+
+// vk_bench_buf_append copies `len` bytes to the end of `b`. Returns 0,
+// VK_ETOOBIG past the cap, or VK_ENOMEM.
+int vk_bench_buf_append(vk_bench_buf_t *b, const void *data, size_t len);
+
+// vk_bench_buf_cleanup frees the bytes; `b` is then empty and reusable.
+void vk_bench_buf_cleanup(vk_bench_buf_t *b);
+
+// Scenario parameters that come from the command line.
+typedef struct vk_bench_params_s {
+  const char *health_service;  // HealthCheckRequest.service; "" by default
+} vk_bench_params_t;
+
+typedef struct vk_bench_scenario_s {
+  const char *name;
+  const char *summary;  // one line for --help
+  int available;        // 0: listed in --help, refused on use
+  const char *missing;  // why it is not available yet
+  vk_bench_kind_t kind;
+  size_t pool_size;  // distinct requests to build; used round-robin
+  // build writes the protobuf message of request number `index` (0 <=
+  // index < pool_size) into `out` and sets `*out_path` to its gRPC method
+  // path (static storage). Returns 0 or a VK_E* code.
+  int (*build)(vk_bench_buf_t *out, const char **out_path,
+               const vk_bench_params_t *params, size_t index);
+  // check validates one response message (without the gRPC prefix) of a
+  // call that ended with grpc-status 0. Returns 0, or VK_EPROTO and sets
+  // `*out_why` to a static reason.
+  int (*check)(const char **out_why, const uint8_t *msg, size_t len);
+} vk_bench_scenario_t;
+
+// vk_bench_scenarios is the table, in --help order; vk_bench_nscenarios its
+// length.
+extern const vk_bench_scenario_t vk_bench_scenarios[];
+extern const size_t vk_bench_nscenarios;
+
+// vk_bench_scenario_find returns the row called `name`, available or not, or
+// NULL.
+const vk_bench_scenario_t *vk_bench_scenario_find(const char *name);
+
+// One built request: the method path and the framed gRPC body.
+typedef struct vk_bench_req_s {
+  const char *path;
+  const uint8_t *body;  // 5-byte gRPC prefix + message, owned by the pool
+  size_t body_len;
+} vk_bench_req_t;
+
+// vk_bench_pool_t holds every request of a scenario, built before the run.
+typedef struct vk_bench_pool_s {
+  vk_bench_req_t *reqs;
+  size_t n;
+  uint8_t *bytes;  // all bodies, back to back
+} vk_bench_pool_t;
+
+// vk_bench_pool_build builds the scenario's pool_size requests, each framed
+// with the uncompressed gRPC prefix. Returns 0; VK_EINVAL if the scenario is
+// not available; a build error; or VK_ENOMEM. On failure `*pool` is zeroed.
+// Free with vk_bench_pool_cleanup.
+int vk_bench_pool_build(vk_bench_pool_t *pool, const vk_bench_scenario_t *sc,
+                        const vk_bench_params_t *params);
+
+// vk_bench_pool_cleanup frees the pool. Safe on a zeroed pool.
+void vk_bench_pool_cleanup(vk_bench_pool_t *pool);
+
+// vk_bench_grpc_unframe reads the single uncompressed gRPC message in a
+// response body. Returns 0 and sets `*out_msg`/`*out_len` to a view into
+// `body`; VK_EPROTO for a truncated, compressed, oversized or trailing-data
+// body (and sets `*out_why`).
+int vk_bench_grpc_unframe(const uint8_t **out_msg, size_t *out_len,
+                          const char **out_why, const uint8_t *body,
+                          size_t body_len);
+
+// vk_bench_grpc_status_name returns the canonical name of gRPC status code
+// `code` ("OK", "CANCELLED", ... "UNAUTHENTICATED"), or "UNKNOWN_CODE".
+const char *vk_bench_grpc_status_name(int code);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // VK_BENCH_SCENARIO_H

@@ -1,0 +1,211 @@
+// Tests for bench/scenario.c, procstat.c and report.c: the exact request
+// bytes (h2load replays them), response checks, /proc parsing and the JSON
+// report's shape.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "common.h"
+#include "procstat.h"
+#include "report.h"
+#include "scenario.h"
+}
+
+namespace {
+
+std::vector<uint8_t> Body(const vk_bench_req_t &r) {
+  return std::vector<uint8_t>(r.body, r.body + r.body_len);
+}
+
+TEST(BenchScenario, HealthRequestBytes) {
+  const vk_bench_scenario_t *sc = vk_bench_scenario_find("health");
+  ASSERT_NE(nullptr, sc);
+  ASSERT_TRUE(sc->available);
+  vk_bench_params_t params = {""};
+  vk_bench_pool_t pool;
+  ASSERT_EQ(VK_OK, vk_bench_pool_build(&pool, sc, &params));
+  ASSERT_EQ(1u, pool.n);
+  EXPECT_STREQ("/grpc.health.v1.Health/Check", pool.reqs[0].path);
+  // An empty HealthCheckRequest: the 5-byte prefix and no message bytes.
+  EXPECT_EQ((std::vector<uint8_t>{0, 0, 0, 0, 0}), Body(pool.reqs[0]));
+  vk_bench_pool_cleanup(&pool);
+
+  params.health_service = "x";
+  ASSERT_EQ(VK_OK, vk_bench_pool_build(&pool, sc, &params));
+  // Field 1 (service), length 1, "x".
+  EXPECT_EQ((std::vector<uint8_t>{0, 0, 0, 0, 3, 0x0a, 0x01, 'x'}),
+            Body(pool.reqs[0]));
+  vk_bench_pool_cleanup(&pool);
+  vk_bench_pool_cleanup(&pool);  // cleanup twice is safe
+}
+
+TEST(BenchScenario, HealthCheckAcceptsOnlyServing) {
+  const vk_bench_scenario_t *sc = vk_bench_scenario_find("health");
+  const char *why = nullptr;
+  const uint8_t serving[] = {0x08, 0x01};
+  const uint8_t not_serving[] = {0x08, 0x02};
+  const uint8_t garbage[] = {0xff, 0xff, 0xff};
+  EXPECT_EQ(VK_OK, sc->check(&why, serving, sizeof(serving)));
+  EXPECT_EQ(VK_EPROTO, sc->check(&why, not_serving, sizeof(not_serving)));
+  EXPECT_STREQ("status is not SERVING", why);
+  EXPECT_EQ(VK_EPROTO, sc->check(&why, garbage, sizeof(garbage)));
+  // An empty message is UNKNOWN status: refused.
+  EXPECT_EQ(VK_EPROTO, sc->check(&why, serving, 0));
+}
+
+TEST(BenchScenario, UnavailableScenariosHaveNoPoolButAReason) {
+  for (size_t i = 0; i < vk_bench_nscenarios; i++) {
+    const vk_bench_scenario_t *sc = &vk_bench_scenarios[i];
+    if (sc->available) {
+      EXPECT_NE(nullptr, sc->build) << sc->name;
+      EXPECT_NE(nullptr, sc->check) << sc->name;
+      continue;
+    }
+    ASSERT_NE(nullptr, sc->missing) << sc->name;
+    vk_bench_params_t params = {""};
+    vk_bench_pool_t pool;
+    EXPECT_EQ(VK_EINVAL, vk_bench_pool_build(&pool, sc, &params)) << sc->name;
+  }
+  EXPECT_EQ(nullptr, vk_bench_scenario_find("nosuch"));
+  ASSERT_NE(nullptr, vk_bench_scenario_find("connect"));
+  EXPECT_EQ(VK_BENCH_KIND_CONNECT, vk_bench_scenario_find("connect")->kind);
+}
+
+TEST(BenchScenario, Unframe) {
+  const uint8_t *msg = nullptr;
+  size_t len = 0;
+  const char *why = nullptr;
+  const uint8_t good[] = {0, 0, 0, 0, 2, 0x08, 0x01};
+  ASSERT_EQ(VK_OK, vk_bench_grpc_unframe(&msg, &len, &why, good,
+                                         sizeof(good)));
+  EXPECT_EQ(2u, len);
+  EXPECT_EQ(good + 5, msg);
+  const uint8_t empty[] = {0, 0, 0, 0, 0};
+  ASSERT_EQ(VK_OK, vk_bench_grpc_unframe(&msg, &len, &why, empty,
+                                         sizeof(empty)));
+  EXPECT_EQ(0u, len);
+  const uint8_t truncated[] = {0, 0, 0, 0, 3, 0x08};
+  EXPECT_EQ(VK_EPROTO, vk_bench_grpc_unframe(&msg, &len, &why, truncated,
+                                             sizeof(truncated)));
+  const uint8_t compressed[] = {1, 0, 0, 0, 0};
+  EXPECT_EQ(VK_EPROTO, vk_bench_grpc_unframe(&msg, &len, &why, compressed,
+                                             sizeof(compressed)));
+  const uint8_t two[] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  EXPECT_EQ(VK_EPROTO,
+            vk_bench_grpc_unframe(&msg, &len, &why, two, sizeof(two)));
+  const uint8_t huge[] = {0, 0xff, 0xff, 0xff, 0xff};
+  EXPECT_EQ(VK_EPROTO,
+            vk_bench_grpc_unframe(&msg, &len, &why, huge, sizeof(huge)));
+  EXPECT_EQ(VK_EPROTO, vk_bench_grpc_unframe(&msg, &len, &why, good, 3));
+  EXPECT_EQ(VK_EPROTO, vk_bench_grpc_unframe(&msg, &len, &why, nullptr, 0));
+}
+
+TEST(BenchScenario, StatusNames) {
+  EXPECT_STREQ("OK", vk_bench_grpc_status_name(0));
+  EXPECT_STREQ("NOT_FOUND", vk_bench_grpc_status_name(5));
+  EXPECT_STREQ("UNAVAILABLE", vk_bench_grpc_status_name(14));
+  EXPECT_STREQ("UNAUTHENTICATED", vk_bench_grpc_status_name(16));
+  EXPECT_STREQ("UNKNOWN_CODE", vk_bench_grpc_status_name(17));
+  EXPECT_STREQ("UNKNOWN_CODE", vk_bench_grpc_status_name(-1));
+}
+
+TEST(BenchScenario, BufferCap) {
+  vk_bench_buf_t b = {};
+  std::vector<uint8_t> chunk(VK_BENCH_MAX_MESSAGE / 2);
+  EXPECT_EQ(VK_OK, vk_bench_buf_append(&b, chunk.data(), chunk.size()));
+  EXPECT_EQ(VK_OK, vk_bench_buf_append(&b, chunk.data(), chunk.size()));
+  EXPECT_EQ(VK_ETOOBIG, vk_bench_buf_append(&b, chunk.data(), 1));
+  EXPECT_EQ(VK_BENCH_MAX_MESSAGE, b.len);
+  vk_bench_buf_cleanup(&b);
+  EXPECT_EQ(0u, b.len);
+}
+
+TEST(BenchProcstat, ParsesStatWithAWickedCommandName) {
+  // The command name may hold spaces and ')': fields count from the last
+  // ')'. utime = 1234 and stime = 56 are fields 14 and 15.
+  const char *stat =
+      "4242 (vk d) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 "
+      "0 3 0 12345 1000000 250 18446744073709551615";
+  uint64_t ticks = 0;
+  ASSERT_EQ(VK_OK, vk_proc_parse_stat(&ticks, stat));
+  EXPECT_EQ(1290u, ticks);
+  EXPECT_EQ(VK_EPROTO, vk_proc_parse_stat(&ticks, "4242 (short) S 1 2"));
+  EXPECT_EQ(VK_EPROTO, vk_proc_parse_stat(&ticks, "no parenthesis"));
+}
+
+TEST(BenchProcstat, ParsesStatus) {
+  const char *status =
+      "Name:\tvkeyd\nVmPeak:\t  9000 kB\nVmHWM:\t    5000 kB\n"
+      "VmRSS:\t    4321 kB\nThreads:\t3\n";
+  uint64_t kb = 0;
+  ASSERT_EQ(VK_OK, vk_proc_parse_status_kb(&kb, status, "VmRSS"));
+  EXPECT_EQ(4321u, kb);
+  ASSERT_EQ(VK_OK, vk_proc_parse_status_kb(&kb, status, "VmHWM"));
+  EXPECT_EQ(5000u, kb);
+  EXPECT_EQ(VK_ENOTFOUND, vk_proc_parse_status_kb(&kb, status, "VmSwap"));
+  EXPECT_EQ(VK_ENOTFOUND, vk_proc_parse_status_kb(&kb, status, "VmRS"));
+}
+
+TEST(BenchProcstat, SamplesThisProcessAndTheMachine) {
+  vk_proc_sample_t s;
+  ASSERT_EQ(VK_OK, vk_proc_sample(&s, getpid()));
+  EXPECT_GT(s.rss_kb, 0u);
+  EXPECT_GE(s.hwm_kb, s.rss_kb);
+  EXPECT_GE(s.cpu_s, 0.0);
+  EXPECT_EQ(VK_ENOTFOUND, vk_proc_sample(&s, 0x7ffffffe));
+  vk_machine_sample_t a, b;
+  ASSERT_EQ(VK_OK, vk_machine_sample(&a));
+  ASSERT_EQ(VK_OK, vk_machine_sample(&b));
+  EXPECT_GE(a.ncpu, 1);
+  double busy = vk_machine_busy_cores(&a, &b);
+  EXPECT_GE(busy, 0.0);
+  EXPECT_LE(busy, a.ncpu);
+}
+
+TEST(BenchReport, JsonHasEveryFigureAndEscapesServerText) {
+  vk_bench_config_t cfg = {};
+  snprintf(cfg.authority, sizeof(cfg.authority), "127.0.0.1:1");
+  cfg.connections = 8;
+  cfg.streams = 32;
+  cfg.scenario = vk_bench_scenario_find("health");
+  cfg.server_pid = 77;
+  vk_bench_result_t r;
+  ASSERT_EQ(VK_OK, vk_bench_result_init(&r));
+  r.elapsed_s = 2;
+  r.ok = 1000;
+  for (uint64_t v = 1; v <= 1000; v++) {
+    vk_hist_record(&r.latency, v);
+  }
+  r.grpc_errors[14] = 3;
+  r.http_errors = 2;
+  r.has_server = 1;
+  r.server_cpu_s = 0.0201;
+  snprintf(r.first_error, sizeof(r.first_error), "say \"hi\"\n\x01");
+  char *text = nullptr;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  ASSERT_NE(nullptr, f);
+  vk_bench_report_json(f, &cfg, &r);
+  fclose(f);
+  std::string json(text, len);
+  free(text);
+  for (const char *part :
+       {"\"scenario\":\"health\"", "\"ok\":1000", "\"failed\":5",
+        "\"throughput_rps\":500.000", "\"p50\":", "\"p999\":",
+        "\"max\":1000", "\"UNAVAILABLE\":3", "\"http\":2",
+        "\"cpu_us_per_request\":20.000", "\"pid\":77",
+        "say \\\"hi\\\"\\u000a\\u0001"}) {
+    EXPECT_NE(std::string::npos, json.find(part)) << part << " in " << json;
+  }
+  EXPECT_EQ('\n', json.back());
+  EXPECT_EQ(json.size() - 1, json.find('\n')) << "one line";
+  vk_bench_result_cleanup(&r);
+}
+
+}  // namespace

@@ -1,0 +1,31 @@
+#!/bin/sh
+# run.sh: build and run every test, as CI does. Installs what it needs,
+# builds under ASan+UBSan with warnings as errors, checks formatting, runs
+# the whole suite with ctest, then the thread tests again under TSan.
+set -eu
+cd "$(dirname "$0")/.."
+
+./deploy/install-deps.sh
+
+jobs=$(nproc)
+
+echo "== format"
+files=$(git ls-files '*.c' '*.h' '*.cc' 2>/dev/null || find server cache bench tests -name '*.[ch]' -o -name '*.cc')
+# shellcheck disable=SC2086
+clang-format --dry-run --Werror $files
+
+echo "== build (ASan+UBSan)"
+cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DVK_SANITIZE=ON \
+  -DVK_WERROR=ON >/dev/null
+cmake --build build-test -j"$jobs"
+
+echo "== tests (ASan+UBSan)"
+(cd build-test && ctest --output-on-failure -j"$jobs" --timeout 900)
+
+echo "== thread tests (TSan)"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DVK_TSAN=ON \
+  -DVK_WERROR=ON >/dev/null
+cmake --build build-tsan --target worker_test -j"$jobs"
+(cd build-tsan && ctest --output-on-failure -R '^worker_test$')
+
+echo "== all tests passed"
