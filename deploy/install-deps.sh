@@ -11,6 +11,7 @@ PACKAGES="
   libhiredis-dev redis-server redis-tools
   libgtest-dev libgmock-dev
   grpc-proto python3-grpcio python3-protobuf protobuf-compiler-grpc ruby-grpc
+  python3-cryptography
   nghttp2-client nghttp2-server
 "
 

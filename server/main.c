@@ -16,12 +16,15 @@
 #include "embedded.h"
 #include "health.h"
 #include "identity.h"
+#include "keys.h"
 #include "log.h"
 #include "redis.h"
 #include "reflection.h"
+#include "registry.h"
 #include "server.h"
 #include "store.h"
 #include "tls.h"
+#include "vehicle.h"
 #include "worker.h"
 
 extern const uint8_t vk_fds_vkeyd[];
@@ -241,8 +244,14 @@ static int start_services(vk_daemon_t *d) {
       vk_health_service(d->health),
       vk_reflection_service_v1(d->reflection),
       vk_reflection_service_v1alpha(d->reflection),
+      vk_registry_service(&d->app),
+      vk_keys_service(&d->app),
+      vk_vehicle_service(&d->app),
   };
   for (size_t i = 0; i < VK_ARRAY_LEN(services); i++) {
+    if (services[i] == NULL) {
+      continue;
+    }
     rv = vk_server_add_service(d->server, services[i]);
     if (rv != VK_OK) {
       return rv;

@@ -162,6 +162,7 @@ void OnReply(vk_redis_t *r, int status, const redisReply *reply, void *priv) {
     res->integer = reply->integer;
   }
   if (res->try_command) {
+    res->try_command = false;  // one follow-up command, not an endless chain
     res->command_rv = vk_redis_command(r, OnReply, res, "PING");
   }
   if (res->free_client) {
@@ -603,6 +604,39 @@ TEST_F(RedisTest, FreeFromInsideReplyCallback) {
   EXPECT_EQ(VK_ECLOSED, after.status);
 }
 
+void OnStateFree(vk_redis_t *r, bool connected, void *arg) {
+  auto *s = static_cast<State *>(arg);
+  (connected ? s->ups : s->downs)++;
+  vk_redis_free(r);
+}
+
+TEST_F(RedisTest, CommandFromCallbackAndFreeFromOnState) {
+  int port = FreePort();
+  server_.Start(port, dir_);
+  State state;
+  vk_redis_t *r = Connect("redis://127.0.0.1:" + std::to_string(port), &state);
+  ASSERT_NE(nullptr, r);
+  // A reply callback queues the next command; it runs later, exactly once.
+  Result chained;
+  chained.try_command = true;
+  ASSERT_EQ(0, vk_redis_command(r, OnReply, &chained, "PING"));
+  ASSERT_TRUE(RunUntil([&] { return chained.calls == 2; }));
+  EXPECT_EQ(0, chained.command_rv);  // set by the first call
+  EXPECT_EQ(0, chained.status);
+  vk_redis_free(r);
+
+  // on_state may free the client the moment it connects.
+  vk_redis_config_t cfg{};
+  std::string url = "redis://127.0.0.1:" + std::to_string(port);
+  cfg.url = url.c_str();
+  cfg.on_state = OnStateFree;
+  State freed;
+  cfg.arg = &freed;
+  ASSERT_EQ(0, vk_redis_new(&r, &loop_, &cfg));
+  CloseLoop();
+  EXPECT_EQ(1, freed.ups);
+}
+
 TEST_F(RedisTest, FreeWhileReconnecting) {
   // Nothing listens: the client keeps retrying until freed.
   std::string tcp = "redis://127.0.0.1:" + std::to_string(FreePort());
@@ -724,6 +758,26 @@ TEST_F(RedisTest, EmbeddedChildReplacesStaleServer) {
 
   int done = 0;
   vk_redis_child_stop(child, OnDone, &done);
+  ASSERT_TRUE(RunUntil([&] { return done > 0; }));
+  CloseLoop();
+}
+
+TEST_F(RedisTest, EmbeddedChildDiesUnexpectedly) {
+  const std::string data = dir_ + "/data";
+  vk_redis_child_t *child = nullptr;
+  ASSERT_EQ(0, vk_redis_child_start(&child, &loop_, data.c_str(), nullptr));
+  State state;
+  vk_redis_t *r = Connect(vk_redis_child_url(child), &state);
+  ASSERT_NE(nullptr, r);
+  std::ifstream in(data + "/redis.pid");
+  pid_t pid = 0;
+  in >> pid;
+  ASSERT_GT(pid, 1);
+  kill(pid, SIGKILL);  // logged as unexpected; the client loses Redis
+  ASSERT_TRUE(RunUntil([&] { return !state.connected; }));
+  vk_redis_free(r);
+  int done = 0;
+  vk_redis_child_stop(child, OnDone, &done);  // only cleans up
   ASSERT_TRUE(RunUntil([&] { return done > 0; }));
   CloseLoop();
 }

@@ -1,0 +1,117 @@
+"""Credentials for tests and vkeyctl: identity tokens and vehicle assertions.
+
+Mirrors proto/vkey/v1/identity.proto and docs/ARCHITECTURE.md ("Identity"):
+  token     = b64url(IdentityClaims) "." b64url(Ed25519(ctx_id || claims))
+  assertion = VehicleAssertion signed over
+              "vkey-vehicle-v1\\0" VIN "\\0" :path "\\0" u64be(ts) nonce
+Keys are 32-byte Ed25519 seeds stored as 64 hex digits, as vkeyd does.
+"""
+
+import base64
+import hashlib
+import os
+import struct
+import time
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature)
+
+from vkey.v1 import identity_pb2
+
+IDENTITY_CONTEXT = b"vkey-identity-v1\0"
+VEHICLE_CONTEXT = b"vkey-vehicle-v1\0"
+KEY_CONTEXT = b"vkey-key-v1\0"
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def key_id(public_key):
+    """vkeyd's key id: the first 8 bytes of SHA-256(public key), in hex."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+class Ed25519Key:
+    def __init__(self, seed=None):
+        self.seed = seed if seed is not None else os.urandom(32)
+        self.private = ed25519.Ed25519PrivateKey.from_private_bytes(self.seed)
+        self.public = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.key_id = key_id(self.public)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            return cls(bytes.fromhex(f.read().strip()))
+
+    def save(self, path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.seed.hex() + "\n")
+
+    def sign(self, msg):
+        return self.private.sign(msg)
+
+
+class P256Key:
+    """A phone's secure-element style key: ECDSA P-256 with SHA-256."""
+
+    def __init__(self):
+        self.private = ec.generate_private_key(ec.SECP256R1())
+        self.public = self.private.public_key().public_bytes(
+            serialization.Encoding.X962,
+            serialization.PublicFormat.UncompressedPoint)
+
+    def sign(self, msg, raw=False):
+        der = self.private.sign(msg, ec.ECDSA(hashes.SHA256()))
+        if not raw:
+            return der
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def mint_token(issuer, subject, role="user", lifetime=3600, now=None):
+    """A bearer token for `subject` signed by `issuer` (an Ed25519Key)."""
+    now = int(time.time()) if now is None else now
+    claims = identity_pb2.IdentityClaims(
+        subject=subject,
+        role=(identity_pb2.ROLE_OPERATOR if role == "operator"
+              else identity_pb2.ROLE_USER),
+        issued_at=now,
+        expires_at=now + lifetime,
+        issuer_key_id=issuer.key_id)
+    body = claims.SerializeToString()
+    return b64url(body) + "." + b64url(issuer.sign(IDENTITY_CONTEXT + body))
+
+
+def bearer(token):
+    return [("authorization", "Bearer " + token)]
+
+
+def vehicle_assertion(vehicle_key, vin, method_path, now=None, nonce=None):
+    """Serialized VehicleAssertion for one call of `method_path`."""
+    now = int(time.time()) if now is None else now
+    nonce = os.urandom(16) if nonce is None else nonce
+    msg = (VEHICLE_CONTEXT + vin.encode() + b"\0" + method_path.encode()
+           + b"\0" + struct.pack(">Q", now) + nonce)
+    a = identity_pb2.VehicleAssertion(
+        vin=vin, timestamp=now, nonce=nonce, signature=vehicle_key.sign(msg))
+    return a.SerializeToString()
+
+
+def vehicle_metadata(vehicle_key, vin, method_path, **kw):
+    return [("x-vkey-vehicle-bin",
+             vehicle_assertion(vehicle_key, vin, method_path, **kw))]
+
+
+def verify_signed_key(signed_key, issuer_public):
+    """Checks a SignedKey offline, as a vehicle does. Returns True/False."""
+    pub = ed25519.Ed25519PublicKey.from_public_bytes(issuer_public)
+    try:
+        pub.verify(signed_key.signature, KEY_CONTEXT + signed_key.claims)
+        return True
+    except Exception:  # cryptography raises InvalidSignature
+        return False
