@@ -21,6 +21,8 @@ extern "C" {
 
 typedef struct vk_token_cache_s vk_token_cache_t;
 typedef struct vk_hub_s vk_hub_t;
+typedef struct vk_sessions_s vk_sessions_t;
+typedef struct vk_verify_cache_s vk_verify_cache_t;
 
 typedef struct vk_app_s {
   uv_loop_t *loop;
@@ -35,6 +37,8 @@ typedef struct vk_app_s {
   size_t n_trusted_issuers;
   vk_token_cache_t *token_cache;
   vk_hub_t *hub;  // vehicles with an open channel on this instance
+  vk_sessions_t *sessions;      // vehicle sessions (session.c)
+  vk_verify_cache_t *verify_cache;  // token signatures, key status (verify)
 } vk_app_t;
 
 #ifdef __cplusplus

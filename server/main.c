@@ -22,9 +22,12 @@
 #include "reflection.h"
 #include "registry.h"
 #include "server.h"
+#include "session.h"
 #include "store.h"
 #include "tls.h"
 #include "vehicle.h"
+#include "verify.h"
+#include "verify_cache.h"
 #include "worker.h"
 
 extern const uint8_t vk_fds_vkeyd[];
@@ -94,6 +97,10 @@ static void release_all(vk_daemon_t *d) {
   d->app.workers = NULL;
   vk_token_cache_free(d->app.token_cache);
   d->app.token_cache = NULL;
+  vk_sessions_free(d->app.sessions);
+  d->app.sessions = NULL;
+  vk_verify_cache_free(d->app.verify_cache);
+  d->app.verify_cache = NULL;
   vk_ed25519_key_cleanse(&d->app.signing_key);
   SSL_CTX_free(d->tls);
   d->tls = NULL;
@@ -213,7 +220,14 @@ static int load_keys(vk_daemon_t *d) {
   d->app.n_trusted_issuers = 1;
   VK_INFO("signing key %s; trusting identity issuer %s",
           d->app.signing_key.key_id, d->app.trusted_issuer_ids[0]);
-  return vk_token_cache_new(&d->app.token_cache, 65536);
+  rv = vk_token_cache_new(&d->app.token_cache, 65536);
+  if (rv == VK_OK) {
+    rv = vk_sessions_new(&d->app.sessions, &d->app, 65536);
+  }
+  if (rv == VK_OK) {
+    rv = vk_verify_cache_new(&d->app.verify_cache, 65536, 65536);
+  }
+  return rv;
 }
 
 static int start_services(vk_daemon_t *d) {
@@ -247,6 +261,7 @@ static int start_services(vk_daemon_t *d) {
       vk_registry_service(&d->app),
       vk_keys_service(&d->app),
       vk_vehicle_service(&d->app),
+      vk_verify_service(&d->app),
   };
   for (size_t i = 0; i < VK_ARRAY_LEN(services); i++) {
     if (services[i] == NULL) {

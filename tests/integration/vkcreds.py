@@ -115,3 +115,100 @@ def verify_signed_key(signed_key, issuer_public):
         return True
     except Exception:  # cryptography raises InvalidSignature
         return False
+
+
+# --- vehicle sessions (docs/SESSIONS.md) and phone proofs (verify.proto) ---
+
+from cryptography.hazmat.primitives import hmac as _hmac  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import x25519  # noqa: E402
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
+
+SESSION_CONTEXT = b"vkey-session-v1\0"
+REQUEST_CONTEXT = b"vkey-req-v1\0"
+SYNC_CONTEXT = b"vkey-session-sync-v1\0"
+PROOF_CONTEXT = b"vkey-proof-v1\0"
+
+
+def proof_message(challenge, vin, function, timestamp_ms):
+    return (PROOF_CONTEXT + challenge + vin.encode() + b"\0"
+            + struct.pack(">IQ", function, timestamp_ms))
+
+
+def sign_proof(phone_key, challenge, vin, function, timestamp_ms=None):
+    """The phone's proof of possession for VerifyKeyItem."""
+    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    return ts, phone_key.sign(proof_message(challenge, vin, function, ts))
+
+
+def _hmac_sha256(key, data):
+    h = _hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+class VehicleSession:
+    """The vehicle's side of a session: open it, then tag requests."""
+
+    def __init__(self, vin, vehicle_key):
+        self.vin = vin
+        self.vehicle_key = vehicle_key
+        self.epoch = None
+        self.mac_key = None
+        self.counter = 0
+        self.clock_offset_ms = 0
+
+    def open(self, verify_stub, verify_pb2, issuer_public, timeout=10):
+        eph = x25519.X25519PrivateKey.generate()
+        pub = eph.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        md = vehicle_metadata(self.vehicle_key, self.vin,
+                              "/vkey.v1.VerifyService/OpenSession")
+        resp = verify_stub.OpenSession(
+            verify_pb2.OpenSessionRequest(vin=self.vin, vehicle_public_key=pub),
+            metadata=md, timeout=timeout)
+        signed = resp.session
+        ed25519.Ed25519PublicKey.from_public_bytes(issuer_public).verify(
+            signed.signature, SESSION_CONTEXT + signed.session_info)
+        info = verify_pb2.SessionInfo.FromString(signed.session_info)
+        assert info.vehicle_public_key == pub and info.vin == self.vin
+        shared = eph.exchange(
+            x25519.X25519PublicKey.from_public_bytes(info.server_public_key))
+        self.mac_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=info.epoch,
+            info=SESSION_CONTEXT + self.vin.encode()).derive(shared)
+        self.epoch = info.epoch
+        self.counter = info.counter
+        self.clock_offset_ms = info.clock_time_ms - int(time.time() * 1000)
+        return info
+
+    def auth(self, verify_pb2, path, request, counter=None, expires_at_ms=None):
+        """x-vkey-session-bin metadata for one call of `path`."""
+        if counter is None:
+            self.counter += 1
+            counter = self.counter
+        now = int(time.time() * 1000) + self.clock_offset_ms
+        exp = now + 30000 if expires_at_ms is None else expires_at_ms
+        digest = hashlib.sha256(request.SerializeToString()).digest()
+        msg = (REQUEST_CONTEXT + self.vin.encode() + b"\0" + path.encode()
+               + b"\0" + self.epoch + struct.pack(">QQ", counter, exp)
+               + digest)
+        a = verify_pb2.SessionAuth(epoch=self.epoch, counter=counter,
+                                   expires_at_ms=exp,
+                                   tag=_hmac_sha256(self.mac_key, msg))
+        return [("x-vkey-session-bin", a.SerializeToString())], a.tag
+
+    def resync(self, verify_pb2, trailers, tag):
+        """Adopts the session info in a refusal's trailers. Returns it."""
+        for k, v in trailers:
+            if k == "x-vkey-session-info-bin":
+                s = verify_pb2.SignedSessionInfo.FromString(v)
+                want = _hmac_sha256(self.mac_key,
+                                    SYNC_CONTEXT + s.session_info + tag)
+                if want != s.mac:
+                    raise ValueError("resync info does not authenticate")
+                info = verify_pb2.SessionInfo.FromString(s.session_info)
+                self.counter = info.counter
+                self.clock_offset_ms = (info.clock_time_ms
+                                        - int(time.time() * 1000))
+                return info
+        return None

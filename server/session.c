@@ -1,0 +1,558 @@
+// session.c: vehicle sessions, as specified in docs/SESSIONS.md.
+//
+// The hot part is vk_session_auth: a cache hit costs one SHA-256 of the
+// request, one HMAC and one Redis script (the counter window must be atomic
+// across instances); a miss adds one Redis read. OpenSession does its X25519
+// and Ed25519 work in one worker job.
+#include "session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/aead.h>
+#include <openssl/bytestring.h>
+#include <openssl/curve25519.h>
+#include <openssl/digest.h>
+#include <openssl/hkdf.h>
+#include <openssl/hmac.h>
+#include <openssl/mem.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include "log.h"
+#include "store.h"
+#include "vkey/v1/verify.pb-c.h"
+
+enum {
+  kEpochLen = 16,
+  kKeyLen = 32,
+  kMaxAuthLen = 256,
+  kMaxRequestAheadMs = 60 * 1000,
+  kGcmNonceLen = 12,
+  kGcmTagLen = 16,
+  kWrappedLen = kGcmNonceLen + kKeyLen + kGcmTagLen,
+};
+
+static const char kSessionContext[] = "vkey-session-v1";
+static const char kRequestContext[] = "vkey-req-v1";
+static const char kSyncContext[] = "vkey-session-sync-v1";
+static const char kWrapContext[] = "vkey-session-wrap-v1";
+
+// The counter window, atomically: returns {0, hi} when `counter` is new,
+// {-1} for an unknown epoch, {-2, hi} when too old, {-3, hi} when replayed.
+// `bm` bit i means counter hi - i was seen (LuaBitOp is 32-bit).
+static const char kCounterScript[] =
+    "local e = redis.call('HGET', KEYS[1], 'epoch')\n"
+    "if e ~= ARGV[1] then return {-1, 0} end\n"
+    "local hi = tonumber(redis.call('HGET', KEYS[1], 'hi') or '0')\n"
+    "local bm = tonumber(redis.call('HGET', KEYS[1], 'bm') or '0')\n"
+    "local c = tonumber(ARGV[2])\n"
+    "if c > hi then\n"
+    "  if c - hi >= 32 then bm = 1 else bm = bit.bor(bit.lshift(bm, c - hi),"
+    " 1) end\n"
+    "  hi = c\n"
+    "elseif hi - c >= 32 then return {-2, hi}\n"
+    "else\n"
+    "  local m = bit.lshift(1, hi - c)\n"
+    "  if bit.band(bm, m) ~= 0 then return {-3, hi} end\n"
+    "  bm = bit.bor(bm, m)\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'hi', string.format('%.0f', hi), 'bm', bm)\n"
+    "return {0, hi}\n";
+
+static const char kStoreScript[] =
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'key', ARGV[2], 'exp', "
+    "ARGV[3], 'hi', '0', 'bm', '0')\n"
+    "redis.call('PEXPIREAT', KEYS[1], ARGV[3])\n"
+    "return 1\n";
+
+// A cached session: the MAC key in the clear, so it is wiped on eviction.
+typedef struct {
+  char vin[VK_VIN_LEN + 1];
+  uint8_t epoch[kEpochLen];
+  uint8_t key[kKeyLen];
+  int64_t expires_at_ms;
+} session_slot_t;
+
+struct vk_sessions_s {
+  uint8_t wrap_key[32];  // AES-256-GCM key for session keys at rest
+  session_slot_t *slots;
+  size_t n;
+};
+
+int vk_sessions_new(vk_sessions_t **out, const vk_app_t *app, size_t slots) {
+  vk_sessions_t *s = calloc(1, sizeof(*s));
+  if (s == NULL || slots == 0) {
+    free(s);
+    return VK_ENOMEM;
+  }
+  s->slots = calloc(slots, sizeof(*s->slots));
+  if (s->slots == NULL) {
+    free(s);
+    return VK_ENOMEM;
+  }
+  s->n = slots;
+  // Every instance shares the signing key, so every instance derives the
+  // same wrapping key; Redis alone cannot unwrap a session key.
+  if (!HKDF(s->wrap_key, sizeof(s->wrap_key), EVP_sha256(),
+            app->signing_key.private_key, 32, NULL, 0,
+            (const uint8_t *)kWrapContext, sizeof(kWrapContext) - 1)) {
+    vk_sessions_free(s);
+    return VK_ENOMEM;
+  }
+  *out = s;
+  return VK_OK;
+}
+
+void vk_sessions_free(vk_sessions_t *s) {
+  if (s == NULL) {
+    return;
+  }
+  OPENSSL_cleanse(s->wrap_key, sizeof(s->wrap_key));
+  OPENSSL_cleanse(s->slots, s->n * sizeof(*s->slots));
+  free(s->slots);
+  free(s);
+}
+
+static session_slot_t *slot_for(vk_sessions_t *s, const char *vin) {
+  uint8_t d[SHA256_DIGEST_LENGTH];
+  SHA256((const uint8_t *)vin, strlen(vin), d);
+  uint64_t h;
+  memcpy(&h, d, sizeof(h));
+  return &s->slots[h % s->n];
+}
+
+static bool wrap_key(const vk_sessions_t *s, uint8_t out[kWrappedLen],
+                     const uint8_t key[kKeyLen], const char *vin) {
+  EVP_AEAD_CTX ctx;
+  size_t out_len;
+  RAND_bytes(out, kGcmNonceLen);
+  bool ok = EVP_AEAD_CTX_init(&ctx, EVP_aead_aes_256_gcm(), s->wrap_key,
+                              sizeof(s->wrap_key), kGcmTagLen, NULL) &&
+            EVP_AEAD_CTX_seal(&ctx, out + kGcmNonceLen, &out_len,
+                              kKeyLen + kGcmTagLen, out, kGcmNonceLen, key,
+                              kKeyLen, (const uint8_t *)vin, strlen(vin));
+  EVP_AEAD_CTX_cleanup(&ctx);
+  return ok;
+}
+
+static bool unwrap_key(const vk_sessions_t *s, uint8_t key[kKeyLen],
+                       const uint8_t *in, size_t in_len, const char *vin) {
+  if (in_len != kWrappedLen) {
+    return false;
+  }
+  EVP_AEAD_CTX ctx;
+  size_t out_len;
+  bool ok = EVP_AEAD_CTX_init(&ctx, EVP_aead_aes_256_gcm(), s->wrap_key,
+                              sizeof(s->wrap_key), kGcmTagLen, NULL) &&
+            EVP_AEAD_CTX_open(&ctx, key, &out_len, kKeyLen, in, kGcmNonceLen,
+                              in + kGcmNonceLen, in_len - kGcmNonceLen,
+                              (const uint8_t *)vin, strlen(vin)) &&
+            out_len == kKeyLen;
+  EVP_AEAD_CTX_cleanup(&ctx);
+  return ok;
+}
+
+// --- opening ------------------------------------------------------------
+
+typedef struct {
+  vk_job_t job;
+  vk_app_t *app;
+  vk_call_t *call;
+  char vin[VK_VIN_LEN + 1];
+  uint8_t vehicle_public[32];
+  uint8_t epoch[kEpochLen];
+  uint8_t key[kKeyLen];
+  uint8_t wrapped[kWrappedLen];
+  int64_t expires_at_ms;
+  uint8_t *info;  // serialized SessionInfo (arena)
+  size_t info_len;
+  uint8_t signature[64];
+  bool ok;
+} open_ctx_t;
+
+static bool derive_key(uint8_t key[kKeyLen], const uint8_t shared[32],
+                       const uint8_t epoch[kEpochLen], const char *vin) {
+  uint8_t info[sizeof(kSessionContext) + VK_VIN_LEN];
+  size_t vin_len = strlen(vin);
+  memcpy(info, kSessionContext, sizeof(kSessionContext));
+  memcpy(info + sizeof(kSessionContext), vin, vin_len);
+  return HKDF(key, kKeyLen, EVP_sha256(), shared, 32, epoch, kEpochLen, info,
+              sizeof(kSessionContext) + vin_len) == 1;
+}
+
+// Worker thread: key agreement, derivation and the signature.
+static void open_run(vk_job_t *job) {
+  open_ctx_t *o = vk_container_of(job, open_ctx_t, job);
+  uint8_t server_public[32], server_private[32], shared[32];
+  X25519_keypair(server_public, server_private);
+  o->ok = X25519(shared, server_private, o->vehicle_public) == 1 &&
+          derive_key(o->key, shared, o->epoch, o->vin) &&
+          wrap_key(o->app->sessions, o->wrapped, o->key, o->vin);
+  OPENSSL_cleanse(server_private, sizeof(server_private));
+  OPENSSL_cleanse(shared, sizeof(shared));
+  if (!o->ok) {
+    return;
+  }
+  Vkey__V1__SessionInfo info = VKEY__V1__SESSION_INFO__INIT;
+  info.vin = o->vin;
+  info.epoch = (ProtobufCBinaryData){kEpochLen, o->epoch};
+  info.server_public_key = (ProtobufCBinaryData){32, server_public};
+  info.vehicle_public_key = (ProtobufCBinaryData){32, o->vehicle_public};
+  info.clock_time_ms = vk_wall_ms();
+  info.expires_at_ms = o->expires_at_ms;
+  info.issuer_key_id = o->app->signing_key.key_id;
+  size_t len = vkey__v1__session_info__get_packed_size(&info);
+  // The message to sign is the context followed by the info: build both in
+  // one buffer and keep a view of the info.
+  uint8_t *buf = o->info;  // preallocated by the loop: see vk_session_open
+  memcpy(buf, kSessionContext, sizeof(kSessionContext));
+  o->info_len = vkey__v1__session_info__pack(&info,
+                                             buf + sizeof(kSessionContext));
+  o->ok = o->info_len == len &&
+          ED25519_sign(o->signature, buf, sizeof(kSessionContext) + len,
+                       o->app->signing_key.private_key) == 1;
+}
+
+static void open_stored(vk_redis_t *r, int status, const redisReply *reply,
+                        void *priv) {
+  (void)r;
+  open_ctx_t *o = priv;
+  vk_call_t *call = o->call;
+  if (!vk_call_is_done(call)) {
+    if (status != VK_OK || reply->type == REDIS_REPLY_ERROR) {
+      vk_call_finish(call, VK_GRPC_UNAVAILABLE, "session store unavailable");
+    } else {
+      Vkey__V1__SignedSessionInfo signed_info =
+          VKEY__V1__SIGNED_SESSION_INFO__INIT;
+      signed_info.session_info = (ProtobufCBinaryData){
+          o->info_len, o->info + sizeof(kSessionContext)};
+      signed_info.signature = (ProtobufCBinaryData){64, o->signature};
+      Vkey__V1__OpenSessionResponse resp =
+          VKEY__V1__OPEN_SESSION_RESPONSE__INIT;
+      resp.session = &signed_info;
+      vk_call_send(call, &resp.base);
+      vk_call_finish(call, VK_GRPC_OK, NULL);
+    }
+  }
+  OPENSSL_cleanse(o->key, sizeof(o->key));
+  vk_call_unref(call);
+}
+
+static void open_done(vk_job_t *job, int status) {
+  open_ctx_t *o = vk_container_of(job, open_ctx_t, job);
+  vk_call_t *call = o->call;
+  if (vk_call_is_done(call) || status != VK_OK || !o->ok) {
+    if (!vk_call_is_done(call)) {
+      vk_call_finish(call, VK_GRPC_INVALID_ARGUMENT,
+                     status != VK_OK ? "server shutting down"
+                                     : "key agreement failed: bad X25519 key");
+    }
+    OPENSSL_cleanse(o->key, sizeof(o->key));
+    vk_call_unref(call);
+    return;
+  }
+  // Cache it here too: the vehicle's next call will most likely come to us.
+  session_slot_t *slot = slot_for(o->app->sessions, o->vin);
+  memcpy(slot->vin, o->vin, sizeof(slot->vin));
+  memcpy(slot->epoch, o->epoch, kEpochLen);
+  memcpy(slot->key, o->key, kKeyLen);
+  slot->expires_at_ms = o->expires_at_ms;
+  char key[VK_REDIS_KEY_MAX];
+  vk_store_vehicle_sub(key, o->vin, "session");
+  char exp[24];
+  snprintf(exp, sizeof(exp), "%lld", (long long)o->expires_at_ms);
+  // The new session replaces the old one as a whole, window included, and
+  // expires with it.
+  int rv = vk_redis_command(o->app->redis, open_stored, o,
+                            "EVAL %s 1 %s %b %b %s", kStoreScript, key,
+                            o->epoch, (size_t)kEpochLen, o->wrapped,
+                            (size_t)kWrappedLen, exp);
+  if (rv == VK_OK) {
+    return;
+  }
+  vk_call_finish(call, VK_GRPC_UNAVAILABLE, "session store unavailable");
+  OPENSSL_cleanse(o->key, sizeof(o->key));
+  vk_call_unref(call);
+}
+
+void vk_session_open(vk_app_t *app, vk_call_t *call, const char *vin,
+                     const uint8_t vehicle_public[32]) {
+  open_ctx_t *o = vk_call_alloc(call, sizeof(*o));
+  uint8_t *buf = vk_call_alloc(call, 512);
+  if (o == NULL || buf == NULL) {
+    vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  o->app = app;
+  o->call = call;
+  snprintf(o->vin, sizeof(o->vin), "%s", vin);
+  memcpy(o->vehicle_public, vehicle_public, 32);
+  RAND_bytes(o->epoch, kEpochLen);
+  o->expires_at_ms = vk_wall_ms() + VK_SESSION_TTL_MS;
+  o->info = buf;
+  o->job.run = open_run;
+  o->job.done = open_done;
+  vk_call_ref(call);
+  if (vk_worker_submit(app->workers, &o->job) != VK_OK) {
+    vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED,
+                   "server busy: crypto queue full");
+    vk_call_unref(call);
+  }
+}
+
+// --- authenticating session calls ------------------------------------------
+
+typedef struct {
+  vk_app_t *app;
+  vk_call_t *call;
+  vk_session_done_fn done;
+  void *arg;
+  char vin[VK_VIN_LEN + 1];
+  const Vkey__V1__SessionAuth *auth;
+  uint8_t digest[SHA256_DIGEST_LENGTH];  // of the request message
+  uint8_t key[kKeyLen];
+  int64_t session_expires_at_ms;
+  char redis_key[VK_REDIS_KEY_MAX];
+} auth_ctx_t;
+
+bool vk_session_has_auth(vk_call_t *call) {
+  size_t len;
+  return vk_call_metadata(call, "x-vkey-session-bin", &len) != NULL;
+}
+
+static void auth_end(auth_ctx_t *a, vk_grpc_status_t status, const char *msg) {
+  vk_call_t *call = a->call;
+  OPENSSL_cleanse(a->key, sizeof(a->key));
+  bool ok = status == VK_GRPC_OK && !vk_call_is_done(call);
+  if (status != VK_GRPC_OK) {
+    vk_call_finish(call, status, msg);
+  }
+  a->done(call, ok, a->arg);
+  vk_call_unref(call);
+}
+
+// Fresh session info for a vehicle that fell out of step, authenticated with
+// the session key and bound to the refused request's tag.
+static void add_resync_trailer(auth_ctx_t *a, uint64_t counter) {
+  Vkey__V1__SessionInfo info = VKEY__V1__SESSION_INFO__INIT;
+  info.vin = a->vin;
+  info.epoch = a->auth->epoch;
+  info.counter = counter;
+  info.clock_time_ms = vk_wall_ms();
+  info.expires_at_ms = a->session_expires_at_ms;
+  info.issuer_key_id = a->app->signing_key.key_id;
+  uint8_t buf[256];
+  size_t ctx_len = sizeof(kSyncContext);
+  size_t info_len = vkey__v1__session_info__get_packed_size(&info);
+  if (ctx_len + info_len + 32 > sizeof(buf)) {
+    return;
+  }
+  memcpy(buf, kSyncContext, ctx_len);
+  vkey__v1__session_info__pack(&info, buf + ctx_len);
+  memcpy(buf + ctx_len + info_len, a->auth->tag.data, 32);
+  uint8_t mac[32];
+  unsigned mac_len;
+  HMAC(EVP_sha256(), a->key, kKeyLen, buf, ctx_len + info_len + 32, mac,
+       &mac_len);
+  Vkey__V1__SignedSessionInfo s = VKEY__V1__SIGNED_SESSION_INFO__INIT;
+  s.session_info = (ProtobufCBinaryData){info_len, buf + ctx_len};
+  s.mac = (ProtobufCBinaryData){sizeof(mac), mac};
+  uint8_t out[320];
+  size_t out_len = vkey__v1__signed_session_info__get_packed_size(&s);
+  if (out_len <= sizeof(out)) {
+    vkey__v1__signed_session_info__pack(&s, out);
+    vk_call_add_trailer(a->call, "x-vkey-session-info-bin", out, out_len);
+  }
+}
+
+static void counter_checked(vk_redis_t *r, int status, const redisReply *reply,
+                            void *priv) {
+  (void)r;
+  auth_ctx_t *a = priv;
+  if (vk_call_is_done(a->call)) {
+    auth_end(a, VK_GRPC_OK, NULL);
+    return;
+  }
+  if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY ||
+      reply->elements != 2 || reply->element[0]->type != REDIS_REPLY_INTEGER) {
+    auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
+    return;
+  }
+  long long verdict = reply->element[0]->integer;
+  long long hi = reply->element[1]->type == REDIS_REPLY_INTEGER
+                     ? reply->element[1]->integer
+                     : 0;
+  switch (verdict) {
+    case 0:
+      auth_end(a, VK_GRPC_OK, NULL);
+      return;
+    case -1:
+      auth_end(a, VK_GRPC_UNAUTHENTICATED,
+               "session expired or replaced: open a new session");
+      return;
+    default:
+      add_resync_trailer(a, (uint64_t)hi);
+      auth_end(a, VK_GRPC_UNAUTHENTICATED,
+               verdict == -3 ? "replayed session counter"
+                             : "session counter too old for the window");
+      return;
+  }
+}
+
+static bool tag_matches(const auth_ctx_t *a) {
+  const Vkey__V1__SessionAuth *auth = a->auth;
+  const char *path = vk_call_path(a->call);
+  HMAC_CTX h;
+  HMAC_CTX_init(&h);
+  uint8_t be[16];
+  for (int i = 0; i < 8; i++) {
+    be[i] = (uint8_t)(auth->counter >> (56 - 8 * i));
+    be[8 + i] = (uint8_t)((uint64_t)auth->expires_at_ms >> (56 - 8 * i));
+  }
+  uint8_t tag[32];
+  unsigned tag_len = 0;
+  bool ok =
+      HMAC_Init_ex(&h, a->key, kKeyLen, EVP_sha256(), NULL) &&
+      HMAC_Update(&h, (const uint8_t *)kRequestContext,
+                  sizeof(kRequestContext)) &&
+      HMAC_Update(&h, (const uint8_t *)a->vin, strlen(a->vin) + 1) &&
+      HMAC_Update(&h, (const uint8_t *)path, strlen(path) + 1) &&
+      HMAC_Update(&h, auth->epoch.data, kEpochLen) &&
+      HMAC_Update(&h, be, sizeof(be)) &&
+      HMAC_Update(&h, a->digest, sizeof(a->digest)) &&
+      HMAC_Final(&h, tag, &tag_len);
+  HMAC_CTX_cleanup(&h);
+  return ok && tag_len == 32 && CRYPTO_memcmp(tag, auth->tag.data, 32) == 0;
+}
+
+// We have the session key: check the tag, the request's expiry, then the
+// counter in Redis.
+static void auth_with_key(auth_ctx_t *a) {
+  if (!tag_matches(a)) {
+    auth_end(a, VK_GRPC_UNAUTHENTICATED, "session tag does not verify");
+    return;
+  }
+  int64_t now = vk_wall_ms();
+  int64_t exp = a->auth->expires_at_ms;
+  if (exp < now || exp > now + kMaxRequestAheadMs) {
+    add_resync_trailer(a, 0);
+    auth_end(a, VK_GRPC_UNAUTHENTICATED,
+             exp < now ? "session request expired (check the clock)"
+                       : "session request expires too far ahead");
+    return;
+  }
+  char counter[24];
+  snprintf(counter, sizeof(counter), "%llu",
+           (unsigned long long)a->auth->counter);
+  if (vk_redis_command(a->app->redis, counter_checked, a, "EVAL %s 1 %s %b %s",
+                       kCounterScript, a->redis_key, a->auth->epoch.data,
+                       (size_t)kEpochLen, counter) != VK_OK) {
+    auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
+  }
+}
+
+static void session_loaded(vk_redis_t *r, int status, const redisReply *reply,
+                           void *priv) {
+  (void)r;
+  auth_ctx_t *a = priv;
+  if (vk_call_is_done(a->call)) {
+    auth_end(a, VK_GRPC_OK, NULL);
+    return;
+  }
+  if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY ||
+      reply->elements != 3) {
+    auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
+    return;
+  }
+  const redisReply *epoch = reply->element[0];
+  const redisReply *key = reply->element[1];
+  const redisReply *exp = reply->element[2];
+  if (epoch->type != REDIS_REPLY_STRING || epoch->len != kEpochLen ||
+      CRYPTO_memcmp(epoch->str, a->auth->epoch.data, kEpochLen) != 0 ||
+      key->type != REDIS_REPLY_STRING || exp->type != REDIS_REPLY_STRING) {
+    auth_end(a, VK_GRPC_UNAUTHENTICATED,
+             "unknown, expired or replaced session: open a new session");
+    return;
+  }
+  a->session_expires_at_ms = strtoll(exp->str, NULL, 10);
+  if (!unwrap_key(a->app->sessions, a->key, (const uint8_t *)key->str,
+                  key->len, a->vin)) {
+    auth_end(a, VK_GRPC_UNAUTHENTICATED,
+             "session key unreadable (signing key changed?): open a new "
+             "session");
+    return;
+  }
+  session_slot_t *slot = slot_for(a->app->sessions, a->vin);
+  memcpy(slot->vin, a->vin, sizeof(slot->vin));
+  memcpy(slot->epoch, a->auth->epoch.data, kEpochLen);
+  memcpy(slot->key, a->key, kKeyLen);
+  slot->expires_at_ms = a->session_expires_at_ms;
+  auth_with_key(a);
+}
+
+static bool digest_request(auth_ctx_t *a, const ProtobufCMessage *request) {
+  size_t len = protobuf_c_message_get_packed_size(request);
+  uint8_t *buf = vk_call_alloc(a->call, len ? len : 1);
+  if (buf == NULL) {
+    return false;
+  }
+  protobuf_c_message_pack(request, buf);
+  SHA256(buf, len, a->digest);
+  return true;
+}
+
+void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
+                     const ProtobufCMessage *request, vk_session_done_fn done,
+                     void *arg) {
+  size_t len;
+  const uint8_t *bin = vk_call_metadata(call, "x-vkey-session-bin", &len);
+  const char *err = NULL;
+  Vkey__V1__SessionAuth *auth = NULL;
+  if (bin == NULL) {
+    err = "missing session credential: x-vkey-session-bin";
+  } else if (len > kMaxAuthLen ||
+             (auth = vkey__v1__session_auth__unpack(vk_call_allocator(call),
+                                                    len, bin)) == NULL ||
+             auth->epoch.len != kEpochLen || auth->tag.len != 32) {
+    err = "malformed session credential";
+  }
+  if (err != NULL) {
+    vk_call_finish(call, VK_GRPC_UNAUTHENTICATED, err);
+    done(call, false, arg);
+    return;
+  }
+  auth_ctx_t *a = vk_call_alloc(call, sizeof(*a));
+  if (a == NULL) {
+    vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    done(call, false, arg);
+    return;
+  }
+  a->app = app;
+  a->call = call;
+  a->done = done;
+  a->arg = arg;
+  a->auth = auth;
+  snprintf(a->vin, sizeof(a->vin), "%s", vin);
+  vk_store_vehicle_sub(a->redis_key, vin, "session");
+  vk_call_ref(call);
+  if (!digest_request(a, request)) {
+    auth_end(a, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  session_slot_t *slot = slot_for(app->sessions, vin);
+  if (strcmp(slot->vin, vin) == 0 &&
+      CRYPTO_memcmp(slot->epoch, auth->epoch.data, kEpochLen) == 0 &&
+      slot->expires_at_ms > vk_wall_ms()) {
+    memcpy(a->key, slot->key, kKeyLen);
+    a->session_expires_at_ms = slot->expires_at_ms;
+    auth_with_key(a);
+    return;
+  }
+  if (vk_redis_command(app->redis, session_loaded, a, "HMGET %s epoch key exp",
+                       a->redis_key) != VK_OK) {
+    auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
+  }
+}

@@ -1,0 +1,53 @@
+// session.h: vehicle sessions (docs/SESSIONS.md): opening one with X25519
+// key agreement, and authenticating session calls with an HMAC, a counter
+// window kept atomically in Redis, and an expiry. Sessions live in Redis so
+// any instance serves any vehicle, with a bounded in-process cache in front.
+#ifndef VK_SESSION_H
+#define VK_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "app.h"
+#include "grpc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VK_SESSION_TTL_MS (3600 * 1000)
+#define VK_SESSION_WINDOW 32
+
+// vk_sessions_new makes the session state of `app` (the cache and the key
+// that wraps session keys in Redis, derived from app->signing_key).
+int vk_sessions_new(vk_sessions_t **out, const vk_app_t *app, size_t slots);
+void vk_sessions_free(vk_sessions_t *s);
+
+// Called when vk_session_open finished. On failure the call was finished
+// with a status and `ok` is false. The call is live when `ok` is true.
+typedef void (*vk_session_done_fn)(vk_call_t *call, bool ok, void *arg);
+
+// vk_session_open runs OpenSession's crypto on the worker pool, stores the
+// session and sends the OpenSessionResponse, then finishes the call. The
+// caller has authenticated the vehicle already. `vehicle_public` is 32 bytes.
+void vk_session_open(vk_app_t *app, vk_call_t *call, const char *vin,
+                     const uint8_t vehicle_public[32]);
+
+// vk_session_auth authenticates a session call: `x-vkey-session-bin` over
+// `request` (the decoded request message, re-serialized for the tag). On
+// success `done(call, true, arg)` runs; otherwise the call is finished
+// with UNAUTHENTICATED (with fresh session info in the trailers where the
+// vehicle can resynchronise) or UNAVAILABLE, and `done` runs with false.
+void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
+                     const ProtobufCMessage *request, vk_session_done_fn done,
+                     void *arg);
+
+// vk_session_has_auth tells whether the call carries session metadata.
+bool vk_session_has_auth(vk_call_t *call);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // VK_SESSION_H

@@ -1,0 +1,437 @@
+"""VerifyService: the verification hot path, end to end.
+
+A real vkeyd (and, where instances must share state, a real redis-server and
+two vkeyd), a real grpcio client: every deny reason on purpose, phone proofs
+in Ed25519 and P-256, batches, vehicle sessions (replay, resync, expiry),
+revocation seen by another instance, one-time keys used concurrently on two
+instances, and Redis down failing closed.
+"""
+
+import concurrent.futures
+import os
+import time
+import unittest
+
+import grpc
+import vkharness
+import vkcreds
+
+from vkey.v1 import (common_pb2, keys_pb2, keys_pb2_grpc, registry_pb2,
+                     registry_pb2_grpc, verify_pb2, verify_pb2_grpc)
+
+VIN1 = "1HGCM82633A004352"
+VIN2 = "5YJ3E1EA7KF317000"
+F = common_pb2
+R = verify_pb2
+
+
+class Fleet:
+    """Users, vehicles and keys made through the public API of one vkeyd."""
+
+    def __init__(self, case, vkeyd, data_dir):
+        self.case = case
+        self.channel = grpc.insecure_channel(vkeyd.target)
+        case.addCleanup(self.channel.close)
+        self.issuer = vkcreds.Ed25519Key.load(
+            os.path.join(data_dir, "identity-issuer.key"))
+        self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.keys = keys_pb2_grpc.KeyServiceStub(self.channel)
+        self.verify = verify_pb2_grpc.VerifyServiceStub(self.channel)
+        self.op_md = vkcreds.bearer(
+            vkcreds.mint_token(self.issuer, "ops", role="operator"))
+        self.vehicle_keys = {}
+
+    def user_md(self, user):
+        return vkcreds.bearer(vkcreds.mint_token(self.issuer, user))
+
+    def setup(self):
+        for user in ("alice", "bob"):
+            self.registry.RegisterUser(
+                registry_pb2.RegisterUserRequest(user_id=user),
+                metadata=self.op_md, timeout=10)
+        for vin in (VIN1, VIN2):
+            vk = vkcreds.Ed25519Key()
+            self.vehicle_keys[vin] = vk
+            self.registry.RegisterVehicle(
+                registry_pb2.RegisterVehicleRequest(
+                    vin=vin, public_key=vk.public, model="test"),
+                metadata=self.op_md, timeout=10)
+            self.registry.SetVehicleOwner(
+                registry_pb2.SetVehicleOwnerRequest(vin=vin, user_id="alice"),
+                metadata=self.op_md, timeout=10)
+        issuers = self.keys.GetIssuerKeys(keys_pb2.GetIssuerKeysRequest(),
+                                          timeout=10)
+        self.issuer_public = issuers.keys[0].public_key
+
+    def apply(self, phone, vin=VIN1, key_type=F.KEY_TYPE_OWNER, functions=(),
+              validity=None, max_uses=0):
+        alg = (F.KEY_ALGORITHM_ECDSA_P256 if isinstance(phone, vkcreds.P256Key)
+               else F.KEY_ALGORITHM_ED25519)
+        req = keys_pb2.ApplyKeyRequest(
+            key_type=key_type, user_id="alice", vin=vin,
+            holder_key_algorithm=alg, holder_public_key=phone.public,
+            functions=list(functions), max_uses=max_uses)
+        if validity:
+            req.validity.CopyFrom(validity)
+        return self.keys.ApplyKey(req, metadata=self.user_md("alice"),
+                                  timeout=10).key
+
+    def manage(self, key_id, op):
+        return self.keys.ManageKey(
+            keys_pb2.ManageKeyRequest(key_id=key_id, operation=op),
+            metadata=self.user_md("alice"), timeout=10).key
+
+
+def item(record, phone, function=F.VEHICLE_FUNCTION_UNLOCK, vin=VIN1,
+         challenge=None, timestamp_ms=None, raw=False):
+    challenge = os.urandom(32) if challenge is None else challenge
+    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    msg = vkcreds.proof_message(challenge, vin, function, ts)
+    sig = phone.sign(msg, raw=True) if raw else phone.sign(msg)
+    return R.VerifyKeyItem(key=record.key, function=function,
+                           challenge=challenge, timestamp_ms=ts,
+                           phone_signature=sig)
+
+
+class VerifyTest(vkharness.ServerTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.vkeyd = self.start_vkeyd()
+        self.fleet = Fleet(self, self.vkeyd,
+                           os.path.join(self.workdir, "vkeyd-data"))
+        self.fleet.setup()
+        self.phone = vkcreds.Ed25519Key()
+        self.owner_key = self.fleet.apply(self.phone)
+
+    def verify(self, it, vin=VIN1, stub=None, md=None):
+        stub = stub or self.fleet.verify
+        return stub.VerifyKey(R.VerifyKeyRequest(vin=vin, item=it),
+                              metadata=md or self.fleet.op_md,
+                              timeout=10).result
+
+    def assertDenied(self, result, reason):
+        self.assertEqual(result.decision, R.DECISION_DENY, result)
+        self.assertEqual(R.DenyReason.Name(result.reason),
+                         R.DenyReason.Name(reason), result.detail)
+
+    def test_allow_ed25519(self):
+        res = self.verify(item(self.owner_key, self.phone))
+        self.assertEqual(res.decision, R.DECISION_ALLOW, res)
+        self.assertEqual(res.key_id, self.owner_key.claims.key_id)
+        # The second time the token's signature comes from the cache; the
+        # answer must not change.
+        res = self.verify(item(self.owner_key, self.phone))
+        self.assertEqual(res.decision, R.DECISION_ALLOW, res)
+
+    def test_allow_p256_der_and_raw(self):
+        phone = vkcreds.P256Key()
+        rec = self.fleet.apply(phone)
+        self.assertEqual(self.verify(item(rec, phone)).decision,
+                         R.DECISION_ALLOW)
+        self.assertEqual(self.verify(item(rec, phone, raw=True)).decision,
+                         R.DECISION_ALLOW)
+
+    def test_each_deny_reason(self):
+        k = self.owner_key
+        # Proofs.
+        self.assertDenied(self.verify(item(k, vkcreds.Ed25519Key())),
+                          R.DENY_REASON_BAD_PROOF)
+        self.assertDenied(
+            self.verify(item(k, self.phone,
+                             timestamp_ms=int(time.time() * 1000) - 120000)),
+            R.DENY_REASON_STALE_PROOF)
+        challenge = os.urandom(32)
+        self.assertEqual(self.verify(item(k, self.phone,
+                                          challenge=challenge)).decision,
+                         R.DECISION_ALLOW)
+        self.assertDenied(self.verify(item(k, self.phone,
+                                           challenge=challenge)),
+                          R.DENY_REASON_CHALLENGE_REUSED)
+        # The token.
+        self.assertDenied(self.verify(item(k, self.phone, vin=VIN2), vin=VIN2),
+                          R.DENY_REASON_WRONG_VEHICLE)
+        bad = R.VerifyKeyItem()
+        bad.CopyFrom(item(k, self.phone))
+        bad.key.claims = b"\xff\xff garbage"
+        self.assertDenied(self.verify(bad), R.DENY_REASON_MALFORMED_KEY)
+        tampered = R.VerifyKeyItem()
+        tampered.CopyFrom(item(k, self.phone))
+        sig = bytearray(tampered.key.signature)
+        sig[0] ^= 1
+        tampered.key.signature = bytes(sig)
+        self.assertDenied(self.verify(tampered),
+                          R.DENY_REASON_BAD_KEY_SIGNATURE)
+        claims = common_pb2.KeyClaims.FromString(k.key.claims)
+        claims.issuer_key_id = "0123456789abcdef"
+        foreign = R.VerifyKeyItem()
+        foreign.CopyFrom(item(k, self.phone))
+        foreign.key.claims = claims.SerializeToString()
+        self.assertDenied(self.verify(foreign), R.DENY_REASON_UNKNOWN_ISSUER)
+        # Functions and validity.
+        limited = self.fleet.apply(
+            self.phone, key_type=F.KEY_TYPE_SHARED,
+            functions=[F.VEHICLE_FUNCTION_UNLOCK, F.VEHICLE_FUNCTION_TRUNK])
+        self.assertEqual(self.verify(item(limited, self.phone)).decision,
+                         R.DECISION_ALLOW)
+        self.assertDenied(
+            self.verify(item(limited, self.phone,
+                             function=F.VEHICLE_FUNCTION_DRIVE)),
+            R.DENY_REASON_FUNCTION_NOT_PERMITTED)
+        now = int(time.time())
+        future = self.fleet.apply(
+            self.phone, key_type=F.KEY_TYPE_TEMPORARY,
+            validity=F.Validity(not_before=now + 3600, not_after=now + 7200))
+        self.assertDenied(self.verify(item(future, self.phone)),
+                          R.DENY_REASON_NOT_YET_VALID)
+        short = self.fleet.apply(
+            self.phone, key_type=F.KEY_TYPE_TEMPORARY,
+            validity=F.Validity(not_after=now + 2))
+        deadline = time.time() + 10
+        while time.time() <= now + 3 and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertDenied(self.verify(item(short, self.phone)),
+                          R.DENY_REASON_EXPIRED)
+        # Status.
+        self.fleet.manage(limited.claims.key_id, keys_pb2.KEY_OPERATION_SUSPEND)
+        self.assertDenied(self.verify(item(limited, self.phone)),
+                          R.DENY_REASON_SUSPENDED)
+        self.fleet.manage(limited.claims.key_id, keys_pb2.KEY_OPERATION_REVOKE)
+        self.assertDenied(self.verify(item(limited, self.phone)),
+                          R.DENY_REASON_REVOKED)
+        # Uses.
+        once = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_ONE_TIME)
+        self.assertEqual(self.verify(item(once, self.phone)).decision,
+                         R.DECISION_ALLOW)
+        self.assertDenied(self.verify(item(once, self.phone)),
+                          R.DENY_REASON_USES_EXHAUSTED)
+
+    def test_outdated_and_deleted(self):
+        rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
+        req = keys_pb2.ManageKeyRequest(
+            key_id=rec.claims.key_id,
+            operation=keys_pb2.KEY_OPERATION_SET_FUNCTIONS,
+            functions=[F.VEHICLE_FUNCTION_LOCK, F.VEHICLE_FUNCTION_UNLOCK])
+        newer = self.fleet.keys.ManageKey(
+            req, metadata=self.fleet.user_md("alice"), timeout=10).key
+        self.assertDenied(self.verify(item(rec, self.phone)),
+                          R.DENY_REASON_OUTDATED_KEY)
+        self.assertEqual(self.verify(item(newer, self.phone)).decision,
+                         R.DECISION_ALLOW)
+        self.fleet.manage(rec.claims.key_id, keys_pb2.KEY_OPERATION_DELETE)
+        self.assertDenied(self.verify(item(newer, self.phone)),
+                          R.DENY_REASON_DELETED)
+
+    def test_batch_mixes_good_and_bad(self):
+        k = self.owner_key
+        items = [item(k, self.phone), item(k, vkcreds.Ed25519Key()),
+                 item(k, self.phone, function=F.VEHICLE_FUNCTION_CLIMATE),
+                 item(k, self.phone, vin=VIN2)]
+        resp = self.fleet.verify.VerifyKeys(
+            R.VerifyKeysRequest(vin=VIN1, items=items),
+            metadata=self.fleet.op_md, timeout=10)
+        got = [(r.decision, r.reason) for r in resp.results]
+        self.assertEqual(got, [
+            (R.DECISION_ALLOW, R.DENY_REASON_UNSPECIFIED),
+            (R.DECISION_DENY, R.DENY_REASON_BAD_PROOF),
+            (R.DECISION_ALLOW, R.DENY_REASON_UNSPECIFIED),
+            (R.DECISION_DENY, R.DENY_REASON_BAD_PROOF),
+        ])
+        many = [item(k, self.phone) for _ in range(40)]
+        resp = self.fleet.verify.VerifyKeys(
+            R.VerifyKeysRequest(vin=VIN1, items=many),
+            metadata=self.fleet.op_md, timeout=20)
+        self.assertTrue(all(r.decision == R.DECISION_ALLOW
+                            for r in resp.results))
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.fleet.verify.VerifyKeys(
+                R.VerifyKeysRequest(vin=VIN1, items=[item(k, self.phone)] * 65),
+                metadata=self.fleet.op_md, timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_callers(self):
+        it = item(self.owner_key, self.phone)
+        req = R.VerifyKeyRequest(vin=VIN1, item=it)
+        for md, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                         (self.fleet.user_md("alice"),
+                          grpc.StatusCode.PERMISSION_DENIED)):
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.fleet.verify.VerifyKey(req, metadata=md, timeout=10)
+            self.assertEqual(cm.exception.code(), code)
+
+    def session(self, vin=VIN1):
+        s = vkcreds.VehicleSession(vin, self.fleet.vehicle_keys[vin])
+        s.open(self.fleet.verify, verify_pb2, self.fleet.issuer_public)
+        return s
+
+    def session_verify(self, s, it, vin=VIN1, counter=None, expires=None):
+        req = R.VerifyKeyRequest(vin=vin, item=it)
+        md, tag = s.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKey", req,
+                         counter=counter, expires_at_ms=expires)
+        call = self.fleet.verify.VerifyKey.with_call(req, metadata=md,
+                                                     timeout=10)
+        return call[0].result, tag
+
+    def test_session_verify_and_replay(self):
+        s = self.session()
+        res, _ = self.session_verify(s, item(self.owner_key, self.phone))
+        self.assertEqual(res.decision, R.DECISION_ALLOW)
+        # Replay the same counter: refused, with resync info bound to it.
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.session_verify(s, item(self.owner_key, self.phone),
+                                counter=s.counter)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("replayed", cm.exception.details())
+        # A counter far behind the window.
+        for _ in range(40):
+            s.counter += 1
+        res, _ = self.session_verify(s, item(self.owner_key, self.phone))
+        self.assertEqual(res.decision, R.DECISION_ALLOW)
+        req = R.VerifyKeyRequest(vin=VIN1,
+                                 item=item(self.owner_key, self.phone))
+        md, tag = s.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKey", req,
+                         counter=1)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.fleet.verify.VerifyKey(req, metadata=md, timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        s.counter = 0  # the vehicle lost its counter
+        info = s.resync(verify_pb2, cm.exception.trailing_metadata(), tag)
+        self.assertIsNotNone(info, "no resync info in the trailers")
+        self.assertGreaterEqual(info.counter, 41)
+        res, _ = self.session_verify(s, item(self.owner_key, self.phone))
+        self.assertEqual(res.decision, R.DECISION_ALLOW)
+
+    def test_session_expired_request_and_bad_tag(self):
+        s = self.session()
+        past = int(time.time() * 1000) - 5000
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.session_verify(s, item(self.owner_key, self.phone),
+                                expires=past)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("expired", cm.exception.details())
+        # A request tagged for another body does not verify.
+        req = R.VerifyKeyRequest(vin=VIN1,
+                                 item=item(self.owner_key, self.phone))
+        md, _ = s.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKey",
+                       R.VerifyKeyRequest(vin=VIN1))
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.fleet.verify.VerifyKey(req, metadata=md, timeout=10)
+        self.assertIn("tag", cm.exception.details())
+
+    def test_vehicle_cannot_use_another_vehicles_session(self):
+        s2 = self.session(VIN2)
+        # VIN2's session cannot authenticate a call about VIN1 ...
+        req = R.VerifyKeyRequest(vin=VIN1,
+                                 item=item(self.owner_key, self.phone))
+        md, _ = s2.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKey", req)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.fleet.verify.VerifyKey(req, metadata=md, timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        # ... and VIN1's key is refused inside VIN2's own session.
+        res, _ = self.session_verify(
+            s2, item(self.owner_key, self.phone, vin=VIN2), vin=VIN2)
+        self.assertEqual(res.reason, R.DENY_REASON_WRONG_VEHICLE)
+
+    def test_check_key_status_in_session(self):
+        other = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
+        s = self.session()
+        ids = [self.owner_key.claims.key_id, other.claims.key_id,
+               VIN1 + ".0000000000000000"]
+
+        def check():
+            req = R.CheckKeyStatusRequest(vin=VIN1, key_ids=ids)
+            md, _ = s.auth(verify_pb2,
+                           "/vkey.v1.VerifyService/CheckKeyStatus", req)
+            return [k.status for k in self.fleet.verify.CheckKeyStatus(
+                req, metadata=md, timeout=10).keys]
+
+        self.assertEqual(check(), [F.KEY_STATUS_ACTIVE, F.KEY_STATUS_ACTIVE,
+                                   F.KEY_STATUS_UNSPECIFIED])
+        self.fleet.manage(other.claims.key_id, keys_pb2.KEY_OPERATION_REVOKE)
+        self.assertEqual(check(), [F.KEY_STATUS_ACTIVE, F.KEY_STATUS_REVOKED,
+                                   F.KEY_STATUS_UNSPECIFIED])
+
+    def test_garbage_fields(self):
+        for req in (R.VerifyKeyRequest(vin="short"),
+                    R.VerifyKeyRequest(vin=VIN1),
+                    R.VerifyKeyRequest(vin=VIN1 + "X" * 10000)):
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.fleet.verify.VerifyKey(req, metadata=self.fleet.op_md,
+                                            timeout=10)
+            self.assertEqual(cm.exception.code(),
+                             grpc.StatusCode.INVALID_ARGUMENT)
+        # Oversized challenge: a per-item deny, not a crash.
+        res = self.verify(item(self.owner_key, self.phone,
+                               challenge=b"x" * 500))
+        self.assertEqual(res.decision, R.DECISION_DENY)
+
+
+class TwoInstanceTest(vkharness.ServerTestCase):
+    """Two vkeyd on one Redis, sharing the signing and issuer keys."""
+
+    def setUp(self):
+        super().setUp()
+        self.redis, url = self.start_redis()
+        self.a = self.start_vkeyd(redis_url=url, name="a")
+        data_a = os.path.join(self.workdir, "a-data")
+        self.b = self.start_vkeyd(
+            "--signing-key", os.path.join(data_a, "signing.key"),
+            "--identity-issuer-pub", self.issuer_pub_file(data_a),
+            redis_url=url, name="b")
+        self.fleet = Fleet(self, self.a, data_a)
+        self.fleet.setup()
+        self.chan_b = grpc.insecure_channel(self.b.target)
+        self.addCleanup(self.chan_b.close)
+        self.verify_b = verify_pb2_grpc.VerifyServiceStub(self.chan_b)
+        self.phone = vkcreds.Ed25519Key()
+
+    def issuer_pub_file(self, data_dir):
+        key = vkcreds.Ed25519Key.load(
+            os.path.join(data_dir, "identity-issuer.key"))
+        path = os.path.join(self.workdir, "issuer.pub")
+        with open(path, "w") as f:
+            f.write(key.public.hex() + "\n")
+        return path
+
+    def verify_on(self, stub, rec):
+        return stub.VerifyKey(R.VerifyKeyRequest(vin=VIN1,
+                                                 item=item(rec, self.phone)),
+                              metadata=self.fleet.op_md, timeout=10).result
+
+    def test_revocation_through_a_is_refused_by_b(self):
+        rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
+        self.assertEqual(self.verify_on(self.verify_b, rec).decision,
+                         R.DECISION_ALLOW)
+        self.fleet.manage(rec.claims.key_id, keys_pb2.KEY_OPERATION_REVOKE)
+        acked = time.monotonic()
+        res = self.verify_on(self.verify_b, rec)
+        delay_ms = (time.monotonic() - acked) * 1000
+        self.assertEqual(res.reason, R.DENY_REASON_REVOKED)
+        print(f"\nrevocation visible on the other instance after "
+              f"{delay_ms:.1f} ms (first verification after the ack)")
+
+    def test_one_time_key_used_concurrently_on_two_instances(self):
+        for _ in range(5):
+            rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_ONE_TIME)
+            stubs = [self.fleet.verify, self.verify_b] * 2
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                results = list(pool.map(lambda s: self.verify_on(s, rec),
+                                        stubs))
+            allowed = [r for r in results if r.decision == R.DECISION_ALLOW]
+            self.assertEqual(len(allowed), 1, results)
+            for r in results:
+                if r.decision != R.DECISION_ALLOW:
+                    self.assertEqual(r.reason, R.DENY_REASON_USES_EXHAUSTED)
+
+    def test_redis_down_fails_closed(self):
+        rec = self.fleet.apply(self.phone)
+        self.assertEqual(self.verify_on(self.verify_b, rec).decision,
+                         R.DECISION_ALLOW)
+        self.redis.stop()
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.verify_on(self.verify_b, rec)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
+
+if __name__ == "__main__":
+    unittest.main()
