@@ -28,4 +28,13 @@ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DVK_TSAN=ON \
 cmake --build build-tsan --target worker_test -j"$jobs"
 (cd build-tsan && ctest --output-on-failure -R '^worker_test$')
 
+echo "== fuzz (libFuzzer, a few seconds per target)"
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug \
+  -DVK_FUZZ=ON -DVK_FUZZ_SECONDS=5 -DVK_WERROR=ON >/dev/null
+fuzzers=$(sed -n 's/^set(VK_FUZZ_TARGETS \(.*\))$/\1/p' tests/fuzz/targets.cmake)
+for f in $fuzzers; do
+  cmake --build build-fuzz --target "fuzz_$f" -j"$jobs"
+done
+(cd build-fuzz && ctest --output-on-failure -R '^fuzz_run_')
+
 echo "== all tests passed"

@@ -68,6 +68,26 @@ def wait_for_port(port, proc=None, timeout=30.0, host="127.0.0.1"):
     raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
+def wait_for_serving(target, proc=None, timeout=30.0):
+    """Wait until vkeyd's health says SERVING (it listens before Redis is
+    connected, and answers UNAVAILABLE until then)."""
+    from grpc.health.v1 import health_pb2, health_pb2_grpc
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode}")
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise TimeoutError(f"{target} did not become SERVING")
+
+
 class Process:
     """A child process whose stderr goes to a log file we can read."""
 
@@ -165,7 +185,8 @@ class ServerTestCase(unittest.TestCase):
         p.port = port
         return p, f"redis://127.0.0.1:{port}"
 
-    def start_vkeyd(self, *extra, redis_url=None, name="vkeyd", env=None):
+    def start_vkeyd(self, *extra, redis_url=None, name="vkeyd", env=None,
+                    wait_serving=True):
         """vkeyd on a free port; with no redis_url it embeds its own Redis."""
         port = free_port()
         args = [binary("vkeyd"), "--listen", f"127.0.0.1:{port}",
@@ -177,6 +198,8 @@ class ServerTestCase(unittest.TestCase):
         wait_for_port(port, p.proc)
         p.port = port
         p.target = f"127.0.0.1:{port}"
+        if wait_serving:
+            wait_for_serving(p.target, p.proc)
         return p
 
     def start_interop(self, *extra, name="interop"):
