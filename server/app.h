@@ -36,8 +36,8 @@ typedef struct vk_app_s {
   char trusted_issuer_ids[VK_MAX_TRUSTED_ISSUERS][17];
   size_t n_trusted_issuers;
   vk_token_cache_t *token_cache;
-  vk_hub_t *hub;  // vehicles with an open channel on this instance
-  vk_sessions_t *sessions;      // vehicle sessions (session.c)
+  vk_hub_t *hub;            // vehicles with an open channel on this instance
+  vk_sessions_t *sessions;  // vehicle sessions (session.c)
   vk_verify_cache_t *verify_cache;  // token signatures, key status (verify)
 } vk_app_t;
 

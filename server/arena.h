@@ -16,14 +16,14 @@ typedef struct vk_arena_chunk_s vk_arena_chunk_t;
 
 // vk_arena_t: the zero value is not usable; call vk_arena_init.
 typedef struct vk_arena_s {
-  vk_arena_chunk_t *chunks;  // heap chunks, newest first
+  vk_arena_chunk_t *chunks;   // heap chunks, newest first
   unsigned char *inline_buf;  // caller-provided first chunk (may be NULL)
   size_t inline_len;
-  size_t used;     // bytes used in the current chunk
-  size_t avail;    // bytes left in the current chunk
+  size_t used;   // bytes used in the current chunk
+  size_t avail;  // bytes left in the current chunk
   unsigned char *cur;
-  size_t total;    // heap bytes held, checked against cap
-  size_t cap;      // most heap bytes this arena may hold
+  size_t total;                  // heap bytes held, checked against cap
+  size_t cap;                    // most heap bytes this arena may hold
   ProtobufCAllocator allocator;  // allocates from this arena; free is a no-op
 } vk_arena_t;
 

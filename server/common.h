@@ -27,7 +27,7 @@ const char *vk_strerror(int rv);
 
 // vk_container_of recovers the struct holding `ptr` as its `member`.
 #define vk_container_of(ptr, type, member) \
-  ((type *)((char *)(ptr) - offsetof(type, member)))
+  ((type *)((char *)(ptr)-offsetof(type, member)))
 
 #define VK_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -82,7 +82,8 @@ static void usage(FILE *f) {
       "  --identity-issuer-pub FILE\n"
       "                           public key (hex) of the identity issuer\n"
       "                           whose tokens to accept [vkeyd is its own\n"
-      "                           development issuer: DATA/identity-issuer.key]\n"
+      "                           development issuer: "
+      "DATA/identity-issuer.key]\n"
       "  --workers N              signature worker threads [CPUs]\n"
       "  --max-streams N          concurrent streams per connection [100]\n"
       "  --max-header-list BYTES  request metadata per call [16384]\n"
@@ -128,8 +129,7 @@ int vk_parse_host_port(const char *s, char *out_host, size_t host_len,
   return VK_OK;
 }
 
-static int parse_u32(uint32_t *out, const char *s, uint32_t min,
-                     uint32_t max) {
+static int parse_u32(uint32_t *out, const char *s, uint32_t min, uint32_t max) {
   char *end;
   errno = 0;
   unsigned long long v = strtoull(s, &end, 10);
@@ -201,8 +201,8 @@ static uint32_t *num_field(vk_config_t *c, int opt) {
 static int parse_num_opt(vk_config_t *c, int opt, const char *arg, FILE *err) {
   for (size_t i = 0; i < VK_ARRAY_LEN(kNumOpts); i++) {
     if (kNumOpts[i].opt == opt) {
-      if (parse_u32(num_field(c, opt), arg, kNumOpts[i].min,
-                    kNumOpts[i].max) != VK_OK) {
+      if (parse_u32(num_field(c, opt), arg, kNumOpts[i].min, kNumOpts[i].max) !=
+          VK_OK) {
         fprintf(err, "vkeyd: %s wants a number in %u..%u, not '%s'\n",
                 kNumOpts[i].name, kNumOpts[i].min, kNumOpts[i].max, arg);
         return VK_EINVAL;

@@ -27,7 +27,7 @@ typedef struct vk_config_s {
   // A trusted identity issuer's public key (hex file); NULL: vkeyd is its
   // own development issuer with DATA/identity-issuer.key.
   const char *identity_pub;
-  unsigned workers;          // 0: one per CPU
+  unsigned workers;  // 0: one per CPU
   uint32_t drain_timeout_ms;
   uint32_t redis_timeout_ms;
   vk_log_level_t log_level;

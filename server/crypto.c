@@ -108,8 +108,7 @@ int vk_ed25519_key_load_or_create(vk_ed25519_key_t *out, const char *path) {
   if (rv == VK_OK) {
     key_from_seed(out, seed);
   } else {
-    VK_ERROR("key file %s: want 64 hex digits (a 32-byte Ed25519 seed)",
-             path);
+    VK_ERROR("key file %s: want 64 hex digits (a 32-byte Ed25519 seed)", path);
   }
   OPENSSL_cleanse(seed, sizeof(seed));
   OPENSSL_cleanse(text, sizeof(text));
@@ -203,9 +202,8 @@ static void crypto_run(vk_job_t *job) {
       op->ok = ED25519_sign(op->out_sig, op->msg, op->msg_len,
                             op->key->private_key) == 1;
     } else {
-      op->ok = vk_signature_verify(op->alg, op->public_key,
-                                   op->public_key_len, op->msg, op->msg_len,
-                                   op->sig, op->sig_len);
+      op->ok = vk_signature_verify(op->alg, op->public_key, op->public_key_len,
+                                   op->msg, op->msg_len, op->sig, op->sig_len);
     }
   }
 }

@@ -204,18 +204,18 @@ static const uint8_t *find_issuer(const vk_app_t *app, const char *kid) {
 // signature through the out parameters (all in the call's arena).
 static Vkey__V1__IdentityClaims *parse_token(
     vk_call_t *call, const vk_app_t *app, const uint8_t *tok, size_t len,
-    int64_t now_s, const char **out_err, uint8_t **out_msg,
-    size_t *out_msg_len, uint8_t **out_sig) {
+    int64_t now_s, const char **out_err, uint8_t **out_msg, size_t *out_msg_len,
+    uint8_t **out_sig) {
   const uint8_t *dot = memchr(tok, '.', len);
   if (dot == NULL) {
     *out_err = "malformed token: want <claims>.<signature>";
     return NULL;
   }
   size_t claims_len, sig_len;
-  uint8_t *claims = b64url_decode(call, tok, (size_t)(dot - tok),
-                                  kMaxClaimsLen, &claims_len);
-  uint8_t *sig = b64url_decode(call, dot + 1, len - (size_t)(dot - tok) - 1,
-                               64, &sig_len);
+  uint8_t *claims =
+      b64url_decode(call, tok, (size_t)(dot - tok), kMaxClaimsLen, &claims_len);
+  uint8_t *sig =
+      b64url_decode(call, dot + 1, len - (size_t)(dot - tok) - 1, 64, &sig_len);
   if (claims == NULL || sig == NULL || sig_len != 64) {
     *out_err = "malformed token: bad base64url or sizes";
     return NULL;
@@ -317,7 +317,7 @@ void vk_auth_bearer(vk_app_t *app, vk_call_t *call, vk_role_t role,
   b->done = done;
   b->arg = arg;
   b->who.role = c->role == VKEY__V1__ROLE__ROLE_OPERATOR ? VK_ROLE_OPERATOR
-                                                          : VK_ROLE_USER;
+                                                         : VK_ROLE_USER;
   snprintf(b->who.subject, sizeof(b->who.subject), "%s", c->subject);
   memcpy(b->digest, digest, 32);
   b->expires_at = c->expires_at;
@@ -403,9 +403,9 @@ static void vehicle_verified(vk_crypto_job_t *job, int status, void *arg) {
   }
   // The nonce is recorded only after the signature holds, so nobody can
   // burn a vehicle's nonces without its key.
-  int rv = vk_redis_command(v->app->redis, vehicle_nonce_set, v,
-                            "SET %s 1 NX EX %d", v->nonce_key,
-                            2 * kAssertionWindowS + 10);
+  int rv =
+      vk_redis_command(v->app->redis, vehicle_nonce_set, v, "SET %s 1 NX EX %d",
+                       v->nonce_key, 2 * kAssertionWindowS + 10);
   if (rv != VK_OK) {
     vehicle_end(v, VK_GRPC_UNAVAILABLE, "key store unavailable");
   }
@@ -493,8 +493,8 @@ void vk_auth_vehicle(vk_app_t *app, vk_call_t *call, const char *vin,
     vk_call_finish(call, VK_GRPC_UNAUTHENTICATED, "vehicle assertion too big");
     return;
   }
-  Vkey__V1__VehicleAssertion *a = vkey__v1__vehicle_assertion__unpack(
-      vk_call_allocator(call), len, bin);
+  Vkey__V1__VehicleAssertion *a =
+      vkey__v1__vehicle_assertion__unpack(vk_call_allocator(call), len, bin);
   if (a == NULL || !vk_vin_valid(a->vin) || a->nonce.len < 16 ||
       a->nonce.len > 32 || a->signature.len != 64) {
     vk_call_finish(call, VK_GRPC_UNAUTHENTICATED,
@@ -515,8 +515,7 @@ void vk_auth_vehicle(vk_app_t *app, vk_call_t *call, const char *vin,
     return;
   }
   vehicle_ctx_t *v = vk_call_alloc(call, sizeof(*v));
-  if (v == NULL ||
-      (v->msg = assertion_message(call, a, &v->msg_len)) == NULL) {
+  if (v == NULL || (v->msg = assertion_message(call, a, &v->msg_len)) == NULL) {
     vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }

@@ -74,26 +74,26 @@ struct vk_server_s {
 };
 
 struct vk_conn_s {
-  uv_tcp_t tcp;      // tcp.data == this conn
-  uv_timer_t idle;   // armed while no stream is open
+  uv_tcp_t tcp;     // tcp.data == this conn
+  uv_timer_t idle;  // armed while no stream is open
   vk_server_t *server;
   nghttp2_session *h2;
-  SSL *ssl;          // NULL for h2c
+  SSL *ssl;  // NULL for h2c
   bool handshake_done;
 
   vk_conn_t *prev, *next;  // in server->conns
   vk_conn_t *dirty_next;   // in server->dirty
   bool dirty;
 
-  vk_call_t *calls;        // open calls, through call->conn_next
-  vk_call_t *writable;     // calls waiting for on_writable
+  vk_call_t *calls;     // open calls, through call->conn_next
+  vk_call_t *writable;  // calls waiting for on_writable
   size_t n_streams;
 
   uv_write_t write_req;
-  uint8_t *write_buf;      // bytes uv_try_write left for uv_write
+  uint8_t *write_buf;  // bytes uv_try_write left for uv_write
   bool writing;
 
-  bool closing;            // uv_close has been called on the handles
+  bool closing;  // uv_close has been called on the handles
   bool goaway_sent;
   int pending_closes;
   char peer[64];
@@ -148,7 +148,7 @@ struct vk_call_s {
   unsigned n_received;
   const ProtobufCMessage *unary_req;
   bool last_compressed;
-  bool client_gzip;      // request messages may be gzip-compressed
+  bool client_gzip;  // request messages may be gzip-compressed
   bool client_accepts_gzip;
   bool compress_out;
 
@@ -157,15 +157,15 @@ struct vk_call_s {
   struct vk_deadline_s *deadline;
 
   // State.
-  bool started;           // handler's on_start ran
-  bool half_closed;       // client sent END_STREAM
-  bool finished;          // trailers (or Trailers-Only) submitted
-  bool cancelled;         // ended before the handler finished it
+  bool started;      // handler's on_start ran
+  bool half_closed;  // client sent END_STREAM
+  bool finished;     // trailers (or Trailers-Only) submitted
+  bool cancelled;    // ended before the handler finished it
   bool headers_sent;
   bool want_writable;
   bool in_writable_list;
-  bool headers_gzip;      // response headers said grpc-encoding: gzip
-  bool rejected;          // answered before routing: ignore the body
+  bool headers_gzip;  // response headers said grpc-encoding: gzip
+  bool rejected;      // answered before routing: ignore the body
 
   // Response.
   vk_outbuf_t *out_head, *out_tail;

@@ -40,11 +40,10 @@ void vk_log(vk_log_level_t level, uint64_t call_id, const char *fmt, ...) {
   struct tm tm;
   gettimeofday(&tv, NULL);
   gmtime_r(&tv.tv_sec, &tm);
-  int n = snprintf(line, sizeof(line),
-                   "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %-5s ",
-                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                   tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000),
-                   kLevelNames[level]);
+  int n = snprintf(
+      line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %-5s ",
+      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+      tm.tm_sec, (int)(tv.tv_usec / 1000), kLevelNames[level]);
   if (call_id != 0 && n > 0 && (size_t)n < sizeof(line)) {
     n += snprintf(line + n, sizeof(line) - (size_t)n, "call=%llu ",
                   (unsigned long long)call_id);

@@ -15,6 +15,7 @@
 #include "crypto.h"
 #include "embedded.h"
 #include "health.h"
+#include "hub.h"
 #include "identity.h"
 #include "keys.h"
 #include "log.h"
@@ -91,6 +92,8 @@ static void release_all(vk_daemon_t *d) {
   d->reflection = NULL;
   vk_worker_pool_close(d->workers);
   d->workers = NULL;
+  vk_hub_free(d->app.hub);
+  d->app.hub = NULL;
   vk_redis_free(d->redis);
   d->redis = NULL;
   d->app.redis = NULL;
@@ -131,6 +134,8 @@ static void on_signal(uv_signal_t *h, int signum) {
           d->cfg.drain_timeout_ms);
   // Load balancers watching health stop sending new calls first.
   vk_health_set_serving(d->health, "", false);
+  // Vehicles reconnect to another instance rather than wait out the drain.
+  vk_hub_drain(d->app.hub);
   vk_server_drain(d->server, d->cfg.drain_timeout_ms, on_drained, d);
 }
 
@@ -155,8 +160,11 @@ static int start_redis(vk_daemon_t *d) {
   int rv = vk_redis_new(&d->redis, d->loop, &rc);
   if (rv != VK_OK) {
     VK_ERROR("bad --redis '%s' (want redis://HOST:PORT or unix:/PATH)", url);
+    return rv;
   }
-  return rv;
+  // Vehicle channels hear of new events on a pub/sub connection of their own.
+  d->app.loop = d->loop;
+  return vk_hub_new(&d->app.hub, &d->app, url);
 }
 
 static int read_hex_public_key(uint8_t out[32], const char *path) {
@@ -277,8 +285,8 @@ static int start_services(vk_daemon_t *d) {
 
 static int start_listeners(vk_daemon_t *d) {
   int port;
-  int rv = vk_server_listen(d->server, d->cfg.listen_host,
-                            d->cfg.listen_port, NULL, &port);
+  int rv = vk_server_listen(d->server, d->cfg.listen_host, d->cfg.listen_port,
+                            NULL, &port);
   if (rv != VK_OK) {
     return rv;
   }
@@ -332,8 +340,7 @@ int main(int argc, char **argv) {
 
   int exit_code = 0;
   if (load_keys(&d) != VK_OK || start_redis(&d) != VK_OK ||
-      start_services(&d) != VK_OK ||
-      start_listeners(&d) != VK_OK) {
+      start_services(&d) != VK_OK || start_listeners(&d) != VK_OK) {
     exit_code = 1;
     d.stopping = true;
     release_all(&d);

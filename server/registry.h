@@ -9,8 +9,8 @@
 extern "C" {
 #endif
 
-// vk_registry_service returns the service over `app`, for vk_server_add_service.
-// It lives as long as `app`.
+// vk_registry_service returns the service over `app`, for
+// vk_server_add_service. It lives as long as `app`.
 const vk_service_t *vk_registry_service(vk_app_t *app);
 
 #ifdef __cplusplus

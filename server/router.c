@@ -121,8 +121,7 @@ const vk_route_t *vk_router_find(const vk_router_t *r, const char *path,
   return s->path != NULL ? s : NULL;
 }
 
-int vk_router_has_service(const vk_router_t *r, const char *path,
-                          size_t len) {
+int vk_router_has_service(const vk_router_t *r, const char *path, size_t len) {
   if (len < 2 || path[0] != '/') {
     return 0;
   }

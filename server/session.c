@@ -209,8 +209,8 @@ static void open_run(vk_job_t *job) {
   // one buffer and keep a view of the info.
   uint8_t *buf = o->info;  // preallocated by the loop: see vk_session_open
   memcpy(buf, kSessionContext, sizeof(kSessionContext));
-  o->info_len = vkey__v1__session_info__pack(&info,
-                                             buf + sizeof(kSessionContext));
+  o->info_len =
+      vkey__v1__session_info__pack(&info, buf + sizeof(kSessionContext));
   o->ok = o->info_len == len &&
           ED25519_sign(o->signature, buf, sizeof(kSessionContext) + len,
                        o->app->signing_key.private_key) == 1;
@@ -227,8 +227,8 @@ static void open_stored(vk_redis_t *r, int status, const redisReply *reply,
     } else {
       Vkey__V1__SignedSessionInfo signed_info =
           VKEY__V1__SIGNED_SESSION_INFO__INIT;
-      signed_info.session_info = (ProtobufCBinaryData){
-          o->info_len, o->info + sizeof(kSessionContext)};
+      signed_info.session_info =
+          (ProtobufCBinaryData){o->info_len, o->info + sizeof(kSessionContext)};
       signed_info.signature = (ProtobufCBinaryData){64, o->signature};
       Vkey__V1__OpenSessionResponse resp =
           VKEY__V1__OPEN_SESSION_RESPONSE__INIT;
@@ -266,10 +266,9 @@ static void open_done(vk_job_t *job, int status) {
   snprintf(exp, sizeof(exp), "%lld", (long long)o->expires_at_ms);
   // The new session replaces the old one as a whole, window included, and
   // expires with it.
-  int rv = vk_redis_command(o->app->redis, open_stored, o,
-                            "EVAL %s 1 %s %b %b %s", kStoreScript, key,
-                            o->epoch, (size_t)kEpochLen, o->wrapped,
-                            (size_t)kWrappedLen, exp);
+  int rv = vk_redis_command(
+      o->app->redis, open_stored, o, "EVAL %s 1 %s %b %b %s", kStoreScript, key,
+      o->epoch, (size_t)kEpochLen, o->wrapped, (size_t)kWrappedLen, exp);
   if (rv == VK_OK) {
     return;
   }
@@ -414,16 +413,15 @@ static bool tag_matches(const auth_ctx_t *a) {
   }
   uint8_t tag[32];
   unsigned tag_len = 0;
-  bool ok =
-      HMAC_Init_ex(&h, a->key, kKeyLen, EVP_sha256(), NULL) &&
-      HMAC_Update(&h, (const uint8_t *)kRequestContext,
-                  sizeof(kRequestContext)) &&
-      HMAC_Update(&h, (const uint8_t *)a->vin, strlen(a->vin) + 1) &&
-      HMAC_Update(&h, (const uint8_t *)path, strlen(path) + 1) &&
-      HMAC_Update(&h, auth->epoch.data, kEpochLen) &&
-      HMAC_Update(&h, be, sizeof(be)) &&
-      HMAC_Update(&h, a->digest, sizeof(a->digest)) &&
-      HMAC_Final(&h, tag, &tag_len);
+  bool ok = HMAC_Init_ex(&h, a->key, kKeyLen, EVP_sha256(), NULL) &&
+            HMAC_Update(&h, (const uint8_t *)kRequestContext,
+                        sizeof(kRequestContext)) &&
+            HMAC_Update(&h, (const uint8_t *)a->vin, strlen(a->vin) + 1) &&
+            HMAC_Update(&h, (const uint8_t *)path, strlen(path) + 1) &&
+            HMAC_Update(&h, auth->epoch.data, kEpochLen) &&
+            HMAC_Update(&h, be, sizeof(be)) &&
+            HMAC_Update(&h, a->digest, sizeof(a->digest)) &&
+            HMAC_Final(&h, tag, &tag_len);
   HMAC_CTX_cleanup(&h);
   return ok && tag_len == 32 && CRYPTO_memcmp(tag, auth->tag.data, 32) == 0;
 }
@@ -478,8 +476,8 @@ static void session_loaded(vk_redis_t *r, int status, const redisReply *reply,
     return;
   }
   a->session_expires_at_ms = strtoll(exp->str, NULL, 10);
-  if (!unwrap_key(a->app->sessions, a->key, (const uint8_t *)key->str,
-                  key->len, a->vin)) {
+  if (!unwrap_key(a->app->sessions, a->key, (const uint8_t *)key->str, key->len,
+                  a->vin)) {
     auth_end(a, VK_GRPC_UNAUTHENTICATED,
              "session key unreadable (signing key changed?): open a new "
              "session");

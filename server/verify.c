@@ -135,7 +135,8 @@ static bool has_function(const Vkey__V1__KeyClaims *c, int fn) {
 }
 
 static vk_sig_alg_t holder_alg(const Vkey__V1__KeyClaims *c) {
-  return c->holder_key_algorithm == VKEY__V1__KEY_ALGORITHM__KEY_ALGORITHM_ECDSA_P256
+  return c->holder_key_algorithm ==
+                 VKEY__V1__KEY_ALGORITHM__KEY_ALGORITHM_ECDSA_P256
              ? VK_SIG_ECDSA_P256
              : VK_SIG_ED25519;
 }
@@ -178,9 +179,8 @@ static bool parse_item(verify_req_t *r, item_t *it, int64_t now_ms) {
     return true;
   }
   if (it->claims == NULL) {
-    it->claims = vkey__v1__key_claims__unpack(vk_call_allocator(r->call),
-                                              in->key->claims.len,
-                                              in->key->claims.data);
+    it->claims = vkey__v1__key_claims__unpack(
+        vk_call_allocator(r->call), in->key->claims.len, in->key->claims.data);
   }
   Vkey__V1__KeyClaims *c = it->claims;
   if (c == NULL || c->format != VK_KEYTOKEN_FORMAT ||
@@ -196,8 +196,8 @@ static bool parse_item(verify_req_t *r, item_t *it, int64_t now_ms) {
          "the key is for another vehicle");
     return true;
   }
-  it->issuer_public = vk_verify_cache_issuer(r->app->verify_cache,
-                                             c->issuer_key_id);
+  it->issuer_public =
+      vk_verify_cache_issuer(r->app->verify_cache, c->issuer_key_id);
   if (it->issuer_public == NULL) {
     if (!r->issuers_loaded) {
       return false;
@@ -231,8 +231,8 @@ static bool parse_item(verify_req_t *r, item_t *it, int64_t now_ms) {
   SHA256_Update(&sha, in->key->claims.data, in->key->claims.len);
   SHA256_Update(&sha, in->key->signature.data, 64);
   SHA256_Final(it->token_digest, &sha);
-  it->token_known_good = vk_verify_cache_token_ok(r->app->verify_cache,
-                                                  it->token_digest, now_ms);
+  it->token_known_good =
+      vk_verify_cache_token_ok(r->app->verify_cache, it->token_digest, now_ms);
   return true;
 }
 
@@ -284,8 +284,7 @@ static void stage_parse(verify_req_t *r) {
 static void apply_state(item_t *it) {
   switch (it->state.status) {
     case 0:
-      deny(it, VKEY__V1__DENY_REASON__DENY_REASON_UNKNOWN_KEY,
-           "no such key");
+      deny(it, VKEY__V1__DENY_REASON__DENY_REASON_UNKNOWN_KEY, "no such key");
       return;
     case VKEY__V1__KEY_STATUS__KEY_STATUS_ACTIVE:
       break;
@@ -322,8 +321,7 @@ static void state_read(vk_redis_t *redis, int status, const redisReply *reply,
   } else {
     const redisReply *st = reply->element[0];
     const redisReply *ver = reply->element[1];
-    it->state.status =
-        st->type == REDIS_REPLY_STRING ? atoi(st->str) : 0;
+    it->state.status = st->type == REDIS_REPLY_STRING ? atoi(st->str) : 0;
     it->state.version =
         ver->type == REDIS_REPLY_STRING ? strtoull(ver->str, NULL, 10) : 0;
     vk_verify_cache_status_put(r->app->verify_cache, it->claims->key_id,
@@ -398,9 +396,9 @@ static bool queue_item_crypto(verify_req_t *r, item_t *it,
   const Vkey__V1__KeyClaims *c = it->claims;
   if (!it->token_known_good) {
     size_t len;
-    uint8_t *msg = vk_keytoken_message(vk_call_allocator(r->call),
-                                       in->key->claims.data,
-                                       in->key->claims.len, &len);
+    uint8_t *msg =
+        vk_keytoken_message(vk_call_allocator(r->call), in->key->claims.data,
+                            in->key->claims.len, &len);
     vk_crypto_op_t *op = msg != NULL ? next_op(r, job) : NULL;
     if (op == NULL) {
       return false;
@@ -472,8 +470,7 @@ static void crypto_results(verify_req_t *r) {
              "the key's signature does not verify");
         continue;
       }
-      vk_verify_cache_token_put(r->app->verify_cache, it->token_digest,
-                                now_ms);
+      vk_verify_cache_token_put(r->app->verify_cache, it->token_digest, now_ms);
     }
     if (!it->proof_op->ok) {
       deny(it, VKEY__V1__DENY_REASON__DENY_REASON_BAD_PROOF,
@@ -546,8 +543,7 @@ static void stage_commit(verify_req_t *r) {
     char max_uses[16], ttl[16], ver[24];
     snprintf(max_uses, sizeof(max_uses), "%u", it->claims->max_uses);
     snprintf(ttl, sizeof(ttl), "%d", kChallengeTtlS);
-    snprintf(ver, sizeof(ver), "%llu",
-             (unsigned long long)it->claims->version);
+    snprintf(ver, sizeof(ver), "%llu", (unsigned long long)it->claims->version);
     if (vk_redis_command(r->app->redis, committed, it,
                          "EVAL %s 2 %s %s %s %s %s", kCommitScript, key, chal,
                          max_uses, ttl, ver) != VK_OK) {
@@ -580,7 +576,8 @@ static void answer(verify_req_t *r) {
     Vkey__V1__VerifyKeysResponse resp = VKEY__V1__VERIFY_KEYS_RESPONSE__INIT;
     Vkey__V1__VerifyKeyResult *results =
         vk_call_alloc(call, r->n * sizeof(*results));
-    Vkey__V1__VerifyKeyResult **ptrs = vk_call_alloc(call, r->n * sizeof(*ptrs));
+    Vkey__V1__VerifyKeyResult **ptrs =
+        vk_call_alloc(call, r->n * sizeof(*ptrs));
     if (results == NULL || ptrs == NULL) {
       fail(r, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
       return;
@@ -625,8 +622,7 @@ static void after_session(vk_call_t *call, bool ok, void *arg) {
   }
 }
 
-static void after_bearer(vk_call_t *call, const vk_identity_t *who,
-                         void *arg) {
+static void after_bearer(vk_call_t *call, const vk_identity_t *who, void *arg) {
   (void)who;
   auth_step_t *s = arg;
   s->next(call, s->arg);
@@ -700,8 +696,7 @@ static void verify_key_start(vk_call_t *call, const ProtobufCMessage *msg) {
 static void verify_keys_start(vk_call_t *call, const ProtobufCMessage *msg) {
   const Vkey__V1__VerifyKeysRequest *req =
       (const Vkey__V1__VerifyKeysRequest *)msg;
-  verify_req_t *r =
-      new_request(call, req->vin, req->items, req->n_items, true);
+  verify_req_t *r = new_request(call, req->vin, req->items, req->n_items, true);
   if (r != NULL) {
     authenticate(call, req->vin, msg, start_verify, r);
   }

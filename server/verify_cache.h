@@ -47,8 +47,7 @@ bool vk_verify_cache_status_get(vk_verify_cache_t *c, const char *key_id,
 // read BEFORE the Redis read was sent, so a state read across a feed outage
 // or an invalidation is never stored as fresh.
 void vk_verify_cache_status_put(vk_verify_cache_t *c, const char *key_id,
-                                const vk_key_state_t *state,
-                                uint64_t feed_gen);
+                                const vk_key_state_t *state, uint64_t feed_gen);
 // The generation to pass to `put`; bumps on every invalidation of any key
 // and on every change of the feed's state.
 uint64_t vk_verify_cache_generation(const vk_verify_cache_t *c);
