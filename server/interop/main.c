@@ -8,8 +8,8 @@
 //
 // Options take "--name value" or "--name=value". The host defaults to
 // 127.0.0.1; pass --host 0.0.0.0 to serve other machines. --use_tls is
-// accepted for the interop spec's sake and needs --tls-cert/--tls-key when
-// true.
+// accepted for the interop spec's sake: TLS is on exactly when --tls-cert and
+// --tls-key are given, and --use_tls must agree.
 //
 // SIGTERM or SIGINT drains the server (calls in flight get 5 s), frees
 // everything and exits 0 once the loop closes cleanly: the integration
@@ -40,6 +40,7 @@ typedef struct vk__opts_s {
   const char *tls_cert;
   const char *tls_key;
   bool use_tls;
+  bool use_tls_given;
   vk_log_level_t log_level;
 } vk__opts_t;
 
@@ -101,6 +102,16 @@ static int parse_args(vk__opts_t *o, int argc, char **argv) {
     }
     memcpy(name, arg + 2, name_len);
     name[name_len] = '\0';
+    static const char *const known[] = {"port",    "host",    "tls-cert",
+                                        "tls-key", "use_tls", "log-level"};
+    bool is_known = false;
+    for (size_t k = 0; k < VK_ARRAY_LEN(known); k++) {
+      is_known = is_known || strcmp(name, known[k]) == 0;
+    }
+    if (!is_known) {
+      fprintf(stderr, "unknown option: --%s\n", name);
+      return VK_EINVAL;
+    }
     if (eq != NULL) {
       value = eq + 1;
     } else if (i + 1 < argc) {
@@ -122,6 +133,7 @@ static int parse_args(vk__opts_t *o, int argc, char **argv) {
     } else if (strcmp(name, "tls-key") == 0) {
       o->tls_key = value;
     } else if (strcmp(name, "use_tls") == 0) {
+      o->use_tls_given = true;
       if (strcmp(value, "true") == 0) {
         o->use_tls = true;
       } else if (strcmp(value, "false") == 0) {
@@ -130,14 +142,11 @@ static int parse_args(vk__opts_t *o, int argc, char **argv) {
         fprintf(stderr, "bad --use_tls: %s\n", value);
         return VK_EINVAL;
       }
-    } else if (strcmp(name, "log-level") == 0) {
+    } else {  // log-level
       if (vk_log_parse_level(&o->log_level, value) != 0) {
         fprintf(stderr, "bad log level: %s\n", value);
         return VK_EINVAL;
       }
-    } else {
-      fprintf(stderr, "unknown option: --%s\n", name);
-      return VK_EINVAL;
     }
   }
   if (o->port < 0) {
@@ -148,8 +157,9 @@ static int parse_args(vk__opts_t *o, int argc, char **argv) {
     fprintf(stderr, "--tls-cert and --tls-key go together\n");
     return VK_EINVAL;
   }
-  if (o->use_tls && o->tls_cert == NULL) {
-    fprintf(stderr, "--use_tls=true needs --tls-cert and --tls-key\n");
+  if (o->use_tls_given && o->use_tls != (o->tls_cert != NULL)) {
+    fprintf(stderr, o->use_tls ? "--use_tls=true needs --tls-cert/--tls-key\n"
+                               : "--use_tls=false contradicts --tls-cert\n");
     return VK_EINVAL;
   }
   return 0;

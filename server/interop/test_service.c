@@ -481,6 +481,9 @@ static void stream_pump(vk__stream_t *st) {
     }
     int rv = stream_send(st, p);
     if (rv == VK_EAGAIN) {
+      vk_log(VK_LOG_DEBUG, vk_call_id(st->call),
+             "send queue full after %zu responses; waiting for on_writable",
+             st->head);
       st->blocked = true;
       return;
     }

@@ -10,10 +10,11 @@ the interop cases leave out: interval_us, HalfDuplexCall, back-pressure,
 cancelling during an interval, and reflection/health on this server.
 """
 
+import os
 import queue
-import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import unittest
@@ -506,6 +507,20 @@ class InteropTest(vkharness.ServerTestCase):
         self.assertEqual([len(r.payload.body) for r in got], [1, 2, 3])
         self.assertEqual(it.code(), grpc.StatusCode.OK)
 
+    def test_extra_half_duplex_bound(self):
+        # HalfDuplexCall's buffer is capped: more pending responses than
+        # VK_TEST_SERVICE_MAX_PENDING (1024) end the call at once, while
+        # the client is still sending.
+        pipe = Pipe()
+        it = self.stub.HalfDuplexCall(pipe, timeout=TIMEOUT)
+        pipe.add(messages_pb2.StreamingOutputCallRequest(
+            response_parameters=[messages_pb2.ResponseParameters(size=0)]
+            * 1025))
+        with self.assertRaises(grpc.RpcError) as ctx:
+            next(it)
+        self.assertRpcError(ctx, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        pipe.close()
+
     def test_extra_backpressure(self):
         # 64 MiB of responses to a client that reads slowly at first: the
         # server has to stop at its send-queue cap and resume on_writable.
@@ -549,13 +564,32 @@ class InteropTest(vkharness.ServerTestCase):
         it = self.stub.StreamingOutputCall(req, timeout=TIMEOUT)
         time.sleep(0.3)
         start = time.monotonic()
-        # Not Process.stop(): it closes the log that tearDown still reads.
-        self.server.signal(signal.SIGTERM)
-        code = self.server.proc.wait(timeout=30)
-        self.assertEqual(code, 0, self.server.log()[-4000:])
+        self.assertEqual(self.server.stop(), 0, self.server.log()[-4000:])
         self.assertLess(time.monotonic() - start, 15)
         with self.assertRaises(grpc.RpcError):
             list(it)
+
+    def test_extra_tls(self):
+        # large_unary over TLS (ALPN h2) with a throwaway self-signed cert.
+        cert = os.path.join(self.workdir, "cert.pem")
+        key = os.path.join(self.workdir, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+             "-subj", "/CN=localhost", "-addext",
+             "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+            check=True, capture_output=True)
+        server = self.start_interop("--tls-cert", cert, "--tls-key", key,
+                                    name="interop-tls")
+        with open(cert, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        with grpc.secure_channel(
+                server.target, creds,
+                options=[("grpc.ssl_target_name_override", "localhost")]
+        ) as channel:
+            stub = test_pb2_grpc.TestServiceStub(channel)
+            resp = stub.UnaryCall(self.large_request(), timeout=TIMEOUT)
+            self.assertZeros(resp.payload.body, 314159)
 
     def test_extra_health_and_reflection(self):
         health = health_pb2_grpc.HealthStub(self.channel)

@@ -5,6 +5,8 @@ run as its own `ruby client.rb` process that must exit 0."""
 import glob
 import re
 import subprocess
+import sys
+import time
 import unittest
 
 import vkharness
@@ -59,6 +61,7 @@ class RubyInteropTest(vkharness.ServerTestCase):
                 args = ["ruby", client, "--server_host=127.0.0.1",
                         f"--server_port={server.port}", "--use_tls=false",
                         f"--test_case={case}"]
+                start = time.monotonic()
                 try:
                     run = subprocess.run(
                         args, stdout=subprocess.PIPE,
@@ -73,6 +76,8 @@ class RubyInteropTest(vkharness.ServerTestCase):
                     run.returncode, 0,
                     f"{case} exited {run.returncode}:\n{out[-4000:]}\n"
                     f"server log:\n{server.log()[-3000:]}")
+                print(f"{case}: exit 0 in {time.monotonic() - start:.1f}s",
+                      file=sys.stderr)
                 self.assertTrue(server.alive(),
                                 f"server died during {case}:\n"
                                 f"{server.log()[-4000:]}")
