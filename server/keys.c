@@ -15,7 +15,7 @@
 //
 // A lost compare-and-set (someone changed the vehicle, the user, the policy
 // or the key between our read and our write) reruns the whole flow from the
-// read, at most kMaxAttempts times, then answers ABORTED.
+// read, at most VK_KEYS_MAX_ATTEMPTS times, then answers ABORTED.
 //
 // Delivery to the vehicle (S240, "sends it to that vehicle") is the outbox
 // entry: the vehicle channel (vehicle.c) reads it. Delivery to the key
@@ -33,6 +33,7 @@
 
 #include "audit.h"
 #include "identity.h"
+#include "keys_internal.h"
 #include "keytoken.h"
 #include "log.h"
 #include "store.h"
@@ -40,11 +41,8 @@
 #include "vkey/v1/vehicle.pb-c.h"
 
 enum {
-  kMaxAttempts = 3,       // compare-and-set rounds before ABORTED
-  kPageDefault = 50,      // ListKeys page size when the client sets none
-  kPageMax = 500,         // and the most it may ask for
-  kMaxArgs = 40,          // arguments of one EVAL
-  kMaxPolicyLen = 16384,  // a stored KeyPolicy is small; refuse odd ones
+  kPageDefault = 50,  // ListKeys page size when the client sets none
+  kPageMax = 500,     // and the most it may ask for
 };
 
 // Short names for the generated enums.
@@ -74,33 +72,15 @@ enum {
 // Every key a script names carries the vehicle's {VIN} hash tag except the
 // user's hash and key index, as docs/ARCHITECTURE.md lays them out; key
 // hashes are named inside the scripts from ids held in the vehicle's index.
-
-// Helpers shared by the scripts: vk_audit() (audit.h) appends an audit
-// entry that commits with the change; count_type() counts a vehicle's live
-// (active or suspended) keys of one type for the policy's max_keys.
-#define LUA_PRELUDE                                                     \
-  VK_AUDIT_LUA                                                          \
-  "local function count_type(veh, index, ktype)\n"                      \
-  "  local n = 0\n"                                                     \
-  "  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do\n"      \
-  "    local h = redis.call('HMGET', veh .. ':key:' .. id, 'status',\n" \
-  "      'type')\n"                                                     \
-  "    if h[2] == ktype and (h[1] == '1' or h[1] == '2') then\n"        \
-  "      n = n + 1\n"                                                   \
-  "    end\n"                                                           \
-  "  end\n"                                                             \
-  "  return n\n"                                                        \
-  "end\n"                                                               \
-  "local function idem_get(key)\n"                                      \
-  "  if key then return redis.call('GET', key) end\n"                   \
-  "  return false\n"                                                    \
-  "end\n"
+// The helpers they share (audit, count_type, idem_get, issue_key) are
+// VK_KEYS_LUA_PRELUDE in keys_internal.h: authorization.c issues keys with
+// the same Lua.
 
 // S220 read. KEYS: vehicle, user, vehicle's key index, [idem].
 // ARGV: key type. Returns {'IDEM', response} or {'STATE', vehicle status,
 // owner, policy, user status, live keys of the type (counted only under a
 // policy)}; '' for anything absent.
-static const char kLuaApplyRead[] = LUA_PRELUDE
+static const char kLuaApplyRead[] = VK_KEYS_LUA_PRELUDE
     "local prev = idem_get(KEYS[4])\n"
     "if prev then return {'IDEM', prev} end\n"
     "local v = redis.call('HMGET', KEYS[1], 'status', 'owner', 'policy')\n"
@@ -116,7 +96,7 @@ static const char kLuaApplyRead[] = LUA_PRELUDE
 // 12 version, 13 actor, 14 VIN, 15 notify channel, 16 audit detail.
 // Returns {'OK'}, {'IDEM', response} or {'RETRY'} when what the decision
 // read has changed.
-static const char kLuaApplyWrite[] = LUA_PRELUDE
+static const char kLuaApplyWrite[] = VK_KEYS_LUA_PRELUDE
     "local prev = idem_get(KEYS[8])\n"
     "if prev then return {'IDEM', prev} end\n"
     "local v = redis.call('HMGET', KEYS[1], 'status', 'owner', 'policy',\n"
@@ -136,16 +116,9 @@ static const char kLuaApplyWrite[] = LUA_PRELUDE
     "if not seq then return redis.error_reply('vehicle seq is not a number') "
     "end\n"
     "seq = seq + 1\n"
-    // The outbox append is the first write and the only one that can fail
-    // (an entry id not above the stream's last): then nothing was written.
-    "redis.call('XADD', KEYS[6], seq .. '-1', 't', '1', 'k', ARGV[5],\n"
-    "  'v', ARGV[12], 's', '1', 'at', ARGV[10], 'sk', ARGV[8])\n"
+    "issue_key(KEYS[6], seq, KEYS[5], KEYS[3], KEYS[4], ARGV[5], ARGV[12],\n"
+    "  ARGV[10], ARGV[11], ARGV[8], ARGV[6], ARGV[3], ARGV[9], '')\n"
     "redis.call('HINCRBY', KEYS[1], 'seq', 1)\n"
-    "redis.call('HSET', KEYS[5], 'record', ARGV[6], 'status', '1',\n"
-    "  'updated_at', ARGV[11], 'rev', '1', 'ver', ARGV[12], 'type', ARGV[3],\n"
-    "  'holder', ARGV[9], 'uses', '0', 'last_used_at', '0')\n"
-    "redis.call('ZADD', KEYS[3], ARGV[10], ARGV[5])\n"
-    "redis.call('ZADD', KEYS[4], ARGV[10], ARGV[5])\n"
     "redis.call('PUBLISH', ARGV[15], tostring(seq))\n"
     "vk_audit(KEYS[7], ARGV[10], ARGV[13], 'ApplyKey', ARGV[14], ARGV[5], "
     "'ok',\n"
@@ -158,7 +131,7 @@ static const char kLuaApplyWrite[] = LUA_PRELUDE
 // A key and what deciding about it needs. KEYS: key hash, vehicle, [idem].
 // Returns {'IDEM', response} or {'KEY', record, status, updated_at, rev,
 // holder, owner, policy, vehicle status}; '' for anything absent.
-static const char kLuaKeyRead[] = LUA_PRELUDE
+static const char kLuaKeyRead[] = VK_KEYS_LUA_PRELUDE
     "local prev = idem_get(KEYS[3])\n"
     "if prev then return {'IDEM', prev} end\n"
     "local k = redis.call('HMGET', KEYS[1], 'record', 'status',\n"
@@ -174,7 +147,7 @@ static const char kLuaKeyRead[] = LUA_PRELUDE
 // 11 now s, 12 actor, 13 VIN, 14 key id, 15 operation name, 16 notify
 // channel, 17 '1' to drop the key from both indexes, 18 audit detail.
 // Returns {'OK'}, {'IDEM', response} or {'RETRY'}.
-static const char kLuaManageWrite[] = LUA_PRELUDE
+static const char kLuaManageWrite[] = VK_KEYS_LUA_PRELUDE
     "local prev = idem_get(KEYS[7])\n"
     "if prev then return {'IDEM', prev} end\n"
     "if (redis.call('HGET', KEYS[2], 'rev') or '') ~= ARGV[1] then\n"
@@ -258,18 +231,13 @@ static const char kLuaListPage[] =
     "  end\n"
     "end\n";
 
-typedef struct keys_script_s {
-  const char *src;
-  char sha[41];  // hex SHA-1 of src, for EVALSHA
-} keys_script_t;
+static vk_keys_script_t s_apply_read = {kLuaApplyRead, ""};
+static vk_keys_script_t s_apply_write = {kLuaApplyWrite, ""};
+static vk_keys_script_t s_key_read = {kLuaKeyRead, ""};
+static vk_keys_script_t s_manage_write = {kLuaManageWrite, ""};
+static vk_keys_script_t s_list_page = {kLuaListPage, ""};
 
-static keys_script_t s_apply_read = {kLuaApplyRead, ""};
-static keys_script_t s_apply_write = {kLuaApplyWrite, ""};
-static keys_script_t s_key_read = {kLuaKeyRead, ""};
-static keys_script_t s_manage_write = {kLuaManageWrite, ""};
-static keys_script_t s_list_page = {kLuaListPage, ""};
-
-static void script_init(keys_script_t *s) {
+void vk_keys_script_init(vk_keys_script_t *s) {
   static const char kHex[] = "0123456789abcdef";
   uint8_t d[SHA_DIGEST_LENGTH];
   SHA1((const uint8_t *)s->src, strlen(s->src), d);
@@ -282,67 +250,44 @@ static void script_init(keys_script_t *s) {
 
 // --- per-call state shared by every method -----------------------------------
 
-typedef struct kc_s kc_t;
-typedef void (*kc_reply_fn)(kc_t *kc, int status, const redisReply *reply);
-
-// kc_t is the part of every method's state (in the call's arena) that the
-// helpers below use: who calls, for the audit trail, and one EVAL in flight.
-struct kc_s {
-  vk_app_t *app;
-  vk_call_t *call;
-  const char *op;  // the method, for the audit trail
-  vk_identity_t who;
-  bool mutating;  // ApplyKey, ManageKey: every refusal is audited
-  char actor[VK_AUDIT_ACTOR_MAX];  // "user:<id>" or "operator:<name>"
-  char vin[VK_VIN_LEN + 1];        // "" until a valid VIN is known
-  bool vin_registered;             // a read found the vehicle
-  char key_id[VK_KEY_ID_LEN + 1];  // "" unless the call is about one key
-  int64_t now_ms;                  // the time of the current attempt
-  // The EVAL in flight: kept so that a NOSCRIPT answer can resend it.
-  const keys_script_t *script;
-  kc_reply_fn on_reply;
-  bool eval_full;
-  bool args_oom;
-  int argc;
-  int nkeys;
-  char nkeys_str[8];
-  const char *argv[kMaxArgs];
-  size_t argvlen[kMaxArgs];
-};
-
-static void kc_init(kc_t *kc, vk_call_t *call, const char *op, bool mutating) {
+void vk_keys_call_init(vk_keys_call_t *kc, vk_call_t *call, const char *op,
+                       bool mutating) {
   kc->app = vk_call_service_ctx(call);
   kc->call = call;
   kc->op = op;
   kc->mutating = mutating;
 }
 
-static void kc_set_identity(kc_t *kc, const vk_identity_t *who) {
+void vk_keys_set_identity(vk_keys_call_t *kc, const vk_identity_t *who) {
   kc->who = *who;
   vk_audit_actor(kc->actor, who);
 }
 
-static void kc_set_key(kc_t *kc, const char *key_id) {
+void vk_keys_set_key(vk_keys_call_t *kc, const char *key_id) {
   memcpy(kc->vin, key_id, VK_VIN_LEN);
   kc->vin[VK_VIN_LEN] = '\0';
   snprintf(kc->key_id, sizeof(kc->key_id), "%s", key_id);
 }
 
-// kc_fail ends the call with a non-OK status. Refusals of the mutating
+// vk_keys_fail ends the call with a non-OK status. Refusals of the mutating
 // methods, and every PERMISSION_DENIED (someone reached for a key that is
 // not theirs), are audited; UNAVAILABLE and INTERNAL are our failures, not
 // the caller's, and an unauthenticated call has nobody to attribute it to.
-static void kc_fail(kc_t *kc, vk_grpc_status_t status, const char *msg) {
+void vk_keys_fail(vk_keys_call_t *kc, vk_grpc_status_t status,
+                  const char *msg) {
   bool audit = (kc->mutating || status == VK_GRPC_PERMISSION_DENIED) &&
                status != VK_GRPC_UNAVAILABLE && status != VK_GRPC_INTERNAL &&
                kc->actor[0] != '\0';
   if (audit) {
     // The vehicle's stream only once we know the vehicle is registered.
-    char detail[320];
+    char detail[384], grant[VK_KEY_ID_LEN + 16] = "";
+    if (kc->grant_id[0] != '\0') {
+      snprintf(grant, sizeof(grant), "grant %s: ", kc->grant_id);
+    }
     if (kc->vin[0] != '\0' && !kc->vin_registered) {
-      snprintf(detail, sizeof(detail), "vin %s: %s", kc->vin, msg);
+      snprintf(detail, sizeof(detail), "vin %s: %s%s", kc->vin, grant, msg);
     } else {
-      snprintf(detail, sizeof(detail), "%s", msg);
+      snprintf(detail, sizeof(detail), "%s%s", grant, msg);
     }
     vk_audit_record(kc->app, kc->vin_registered ? kc->vin : NULL, kc->actor,
                     kc->op, kc->key_id[0] != '\0' ? kc->key_id : NULL,
@@ -351,20 +296,19 @@ static void kc_fail(kc_t *kc, vk_grpc_status_t status, const char *msg) {
   vk_call_finish(kc->call, status, msg);
 }
 
-// kc_failf is kc_fail with a formatted message.
-static void kc_failf(kc_t *kc, vk_grpc_status_t status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void kc_failf(kc_t *kc, vk_grpc_status_t status, const char *fmt, ...) {
+// vk_keys_failf is vk_keys_fail with a formatted message.
+void vk_keys_failf(vk_keys_call_t *kc, vk_grpc_status_t status, const char *fmt,
+                   ...) {
   char msg[256];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  kc_fail(kc, status, msg);
+  vk_keys_fail(kc, status, msg);
 }
 
-// kc_reply sends the one response of a unary call and ends it OK.
-static void kc_reply(kc_t *kc, const ProtobufCMessage *msg) {
+// vk_keys_respond sends the one response of a unary call and ends it OK.
+void vk_keys_respond(vk_keys_call_t *kc, const ProtobufCMessage *msg) {
   int rv = vk_call_send(kc->call, msg);
   if (rv != VK_OK) {
     vk_call_finish(kc->call, VK_GRPC_INTERNAL, vk_strerror(rv));
@@ -373,19 +317,20 @@ static void kc_reply(kc_t *kc, const ProtobufCMessage *msg) {
   vk_call_finish(kc->call, VK_GRPC_OK, NULL);
 }
 
-// kc_unavailable answers a Redis failure: the connection (status) or an
+// vk_keys_unavailable answers a Redis failure: the connection (status) or an
 // error reply (LOADING after a restart, READONLY on a replica, a script
 // error), which the log keeps.
-static void kc_unavailable(kc_t *kc, int status, const redisReply *reply) {
+void vk_keys_unavailable(vk_keys_call_t *kc, int status,
+                         const redisReply *reply) {
   if (status == VK_OK && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
     vk_log(VK_LOG_WARN, vk_call_id(kc->call), "keys: %s: redis: %.*s", kc->op,
            (int)reply->len, reply->str);
   }
-  kc_fail(kc, VK_GRPC_UNAVAILABLE, "key store unavailable");
+  vk_keys_fail(kc, VK_GRPC_UNAVAILABLE, "key store unavailable");
 }
 
-// kc_dup copies `len` bytes into the call's arena (NUL-terminated).
-static char *kc_dup(kc_t *kc, const void *p, size_t len) {
+// vk_keys_dup copies `len` bytes into the call's arena (NUL-terminated).
+char *vk_keys_dup(vk_keys_call_t *kc, const void *p, size_t len) {
   char *out = vk_call_alloc(kc->call, len + 1);
   if (out != NULL && len > 0) {
     memcpy(out, p, len);
@@ -398,18 +343,18 @@ static char *kc_dup(kc_t *kc, const void *p, size_t len) {
 // for the resend after NOSCRIPT; a failed allocation is remembered and
 // reported when the EVAL is sent.
 
-static void args_begin(kc_t *kc) {
+void vk_keys_args_begin(vk_keys_call_t *kc) {
   kc->argc = 3;  // EVALSHA sha nkeys
   kc->nkeys = 0;
   kc->args_oom = false;
 }
 
-static void arg_bin(kc_t *kc, const void *p, size_t len) {
+void vk_keys_arg_bin(vk_keys_call_t *kc, const void *p, size_t len) {
   if (p == NULL) {
     kc->args_oom = true;
     return;
   }
-  if (kc->argc == kMaxArgs) {
+  if (kc->argc == VK_KEYS_MAX_ARGS) {
     kc->args_oom = true;  // a programming error; caught at send
     return;
   }
@@ -418,26 +363,26 @@ static void arg_bin(kc_t *kc, const void *p, size_t len) {
   kc->argc++;
 }
 
-static void arg_str(kc_t *kc, const char *s) {
-  arg_bin(kc, s, s != NULL ? strlen(s) : 0);
+void vk_keys_arg_str(vk_keys_call_t *kc, const char *s) {
+  vk_keys_arg_bin(kc, s, s != NULL ? strlen(s) : 0);
 }
 
-// arg_key adds a KEYS entry (copied: callers pass stack buffers); all keys
-// come before the first ARGV entry.
-static void arg_key(kc_t *kc, const char *key) {
-  arg_str(kc, kc_dup(kc, key, strlen(key)));
+// vk_keys_arg_key adds a KEYS entry (copied: callers pass stack buffers); all
+// keys come before the first ARGV entry.
+void vk_keys_arg_key(vk_keys_call_t *kc, const char *key) {
+  vk_keys_arg_str(kc, vk_keys_dup(kc, key, strlen(key)));
   kc->nkeys++;
 }
 
-static void arg_i64(kc_t *kc, int64_t v) {
+void vk_keys_arg_i64(vk_keys_call_t *kc, int64_t v) {
   char buf[24];
   int n = snprintf(buf, sizeof(buf), "%" PRId64, v);
-  arg_bin(kc, kc_dup(kc, buf, (size_t)n), (size_t)n);
+  vk_keys_arg_bin(kc, vk_keys_dup(kc, buf, (size_t)n), (size_t)n);
 }
 
 // eval_prepare fills the command's first three arguments: EVALSHA and the
 // hash, or after NOSCRIPT, EVAL and the script's text.
-static void eval_prepare(kc_t *kc) {
+static void eval_prepare(vk_keys_call_t *kc) {
   kc->argv[0] = kc->eval_full ? "EVAL" : "EVALSHA";
   kc->argvlen[0] = strlen(kc->argv[0]);
   kc->argv[1] = kc->eval_full ? kc->script->src : kc->script->sha;
@@ -450,7 +395,7 @@ static void eval_prepare(kc_t *kc) {
 static void eval_reply(vk_redis_t *r, int status, const redisReply *reply,
                        void *priv);
 
-static int eval_queue(kc_t *kc) {
+static int eval_queue(vk_keys_call_t *kc) {
   return vk_redis_command_argv(kc->app->redis, eval_reply, kc, kc->argc,
                                kc->argv, kc->argvlen);
 }
@@ -458,7 +403,7 @@ static int eval_queue(kc_t *kc) {
 static void eval_reply(vk_redis_t *r, int status, const redisReply *reply,
                        void *priv) {
   (void)r;
-  kc_t *kc = priv;
+  vk_keys_call_t *kc = priv;
   vk_call_t *call = kc->call;
   if (!vk_call_is_done(call)) {
     if (status == VK_OK && reply->type == REDIS_REPLY_ERROR && !kc->eval_full &&
@@ -478,12 +423,13 @@ static void eval_reply(vk_redis_t *r, int status, const redisReply *reply,
   vk_call_unref(call);
 }
 
-// kc_eval runs `script` with the arguments collected since args_begin;
-// `on_reply` runs on a live call with Redis's answer. Failures to send end
-// the call.
-static void kc_eval(kc_t *kc, keys_script_t *script, kc_reply_fn on_reply) {
+// vk_keys_eval runs `script` with the arguments collected since
+// vk_keys_args_begin; `on_reply` runs on a live call with Redis's answer.
+// Failures to send end the call.
+void vk_keys_eval(vk_keys_call_t *kc, vk_keys_script_t *script,
+                  vk_keys_reply_fn on_reply) {
   if (kc->args_oom) {
-    kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
   kc->script = script;
@@ -493,10 +439,10 @@ static void kc_eval(kc_t *kc, keys_script_t *script, kc_reply_fn on_reply) {
   vk_call_ref(kc->call);
   int rv = eval_queue(kc);
   if (rv != VK_OK) {
-    kc_fail(kc,
-            rv == VK_EBUSY ? VK_GRPC_RESOURCE_EXHAUSTED : VK_GRPC_UNAVAILABLE,
-            rv == VK_EBUSY ? "server busy: key store queue full"
-                           : "key store unavailable");
+    vk_keys_fail(
+        kc, rv == VK_EBUSY ? VK_GRPC_RESOURCE_EXHAUSTED : VK_GRPC_UNAVAILABLE,
+        rv == VK_EBUSY ? "server busy: key store queue full"
+                       : "key store unavailable");
     vk_call_unref(kc->call);
   }
 }
@@ -504,10 +450,10 @@ static void kc_eval(kc_t *kc, keys_script_t *script, kc_reply_fn on_reply) {
 // --- reply parsing
 // -------------------------------------------------------------
 
-// reply_str returns element `i` of an array reply as a string (and its
+// vk_keys_reply_str returns element `i` of an array reply as a string (and its
 // length), or NULL when it is missing or not a string.
-static const char *reply_str(const redisReply *reply, size_t i,
-                             size_t *out_len) {
+const char *vk_keys_reply_str(const redisReply *reply, size_t i,
+                              size_t *out_len) {
   if (reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
       i >= reply->elements) {
     return NULL;
@@ -522,16 +468,16 @@ static const char *reply_str(const redisReply *reply, size_t i,
   return e->str;
 }
 
-// reply_tag tells whether an array reply starts with the string `tag`.
-static bool reply_tag(const redisReply *reply, const char *tag) {
-  const char *s = reply_str(reply, 0, NULL);
+// vk_keys_reply_tag tells whether an array reply starts with the string `tag`.
+bool vk_keys_reply_tag(const redisReply *reply, const char *tag) {
+  const char *s = vk_keys_reply_str(reply, 0, NULL);
   return s != NULL && strcmp(s, tag) == 0;
 }
 
-// reply_i64 parses element `i` as a decimal integer, from an integer reply
-// or a string; `dflt` when absent or empty.
-static bool reply_i64(const redisReply *reply, size_t i, int64_t dflt,
-                      int64_t *out) {
+// vk_keys_reply_i64 parses element `i` as a decimal integer, from an integer
+// reply or a string; `dflt` when absent or empty.
+bool vk_keys_reply_i64(const redisReply *reply, size_t i, int64_t dflt,
+                       int64_t *out) {
   if (reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
       i >= reply->elements) {
     return false;
@@ -563,15 +509,15 @@ static bool reply_i64(const redisReply *reply, size_t i, int64_t dflt,
 // --- rules shared by ApplyKey and ManageKey
 // --------------------------------------
 
-// policy_parse decodes a vehicle's stored KeyPolicy into the call's arena.
-// `raw` empty: no policy (NULL, true). False when it does not parse.
-static bool policy_parse(kc_t *kc, const char *raw, size_t len,
-                         Vkey__V1__KeyPolicy **out) {
+// vk_keys_policy_parse decodes a vehicle's stored KeyPolicy into the call's
+// arena. `raw` empty: no policy (NULL, true). False when it does not parse.
+bool vk_keys_policy_parse(vk_keys_call_t *kc, const char *raw, size_t len,
+                          Vkey__V1__KeyPolicy **out) {
   *out = NULL;
   if (len == 0) {
     return true;
   }
-  if (len > kMaxPolicyLen) {
+  if (len > VK_KEYS_MAX_POLICY_LEN) {
     return false;
   }
   *out = vkey__v1__key_policy__unpack(vk_call_allocator(kc->call), len,
@@ -579,9 +525,9 @@ static bool policy_parse(kc_t *kc, const char *raw, size_t len,
   return *out != NULL;
 }
 
-// policy_max_keys returns the policy's cap on live keys of `type`, 0 for
-// none. When several entries name the type the strictest holds.
-static uint32_t policy_max_keys(const Vkey__V1__KeyPolicy *p, int type) {
+// vk_keys_policy_max_keys returns the policy's cap on live keys of `type`, 0
+// for none. When several entries name the type the strictest holds.
+uint32_t vk_keys_policy_max_keys(const Vkey__V1__KeyPolicy *p, int type) {
   uint32_t max = 0;
   for (size_t i = 0; p != NULL && i < p->n_max_keys; i++) {
     const Vkey__V1__FunctionLimit *l = p->max_keys[i];
@@ -593,9 +539,9 @@ static uint32_t policy_max_keys(const Vkey__V1__KeyPolicy *p, int type) {
   return max;
 }
 
-// policy_grantable returns the functions the policy lets the owner grant
-// to non-owner keys: everything when there is no list.
-static vk_function_mask_t policy_grantable(const Vkey__V1__KeyPolicy *p) {
+// vk_keys_policy_grantable returns the functions the policy lets the owner
+// grant to non-owner keys: everything when there is no list.
+vk_function_mask_t vk_keys_policy_grantable(const Vkey__V1__KeyPolicy *p) {
   if (p == NULL || p->n_grantable_functions == 0) {
     return vk_keytoken_default_functions(KT_OWNER);
   }
@@ -612,7 +558,8 @@ static vk_function_mask_t policy_grantable(const Vkey__V1__KeyPolicy *p) {
 // functions_for_type settles the functions of a key of `type`: `requested`
 // (0: the type's default set) within what the policy lets an owner grant
 // to non-owner keys. Fails the call and returns false when it cannot.
-static bool functions_for_type(kc_t *kc, int type, vk_function_mask_t requested,
+static bool functions_for_type(vk_keys_call_t *kc, int type,
+                               vk_function_mask_t requested,
                                const Vkey__V1__KeyPolicy *policy,
                                vk_function_mask_t *out) {
   vk_function_mask_t want =
@@ -622,29 +569,29 @@ static bool functions_for_type(kc_t *kc, int type, vk_function_mask_t requested,
     *out = want;
     return true;
   }
-  vk_function_mask_t grantable = policy_grantable(policy);
+  vk_function_mask_t grantable = vk_keys_policy_grantable(policy);
   if (requested == 0) {
     // "All the type allows": the default set, as far as the policy goes.
     want &= grantable;
     if (want == 0) {
-      kc_fail(kc, VK_GRPC_FAILED_PRECONDITION,
-              "the vehicle's key policy grants none of this key type's "
-              "functions");
+      vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION,
+                   "the vehicle's key policy grants none of this key type's "
+                   "functions");
       return false;
     }
   } else if ((want & ~grantable) != 0) {
-    kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-            "the vehicle's key policy does not let these functions be "
-            "granted to this key type");
+    vk_keys_fail(kc, VK_GRPC_PERMISSION_DENIED,
+                 "the vehicle's key policy does not let these functions be "
+                 "granted to this key type");
     return false;
   }
   *out = want;
   return true;
 }
 
-// pack_msg serializes `msg` into the call's arena.
-static bool pack_msg(kc_t *kc, const ProtobufCMessage *msg,
-                     ProtobufCBinaryData *out) {
+// vk_keys_pack serializes `msg` into the call's arena.
+bool vk_keys_pack(vk_keys_call_t *kc, const ProtobufCMessage *msg,
+                  ProtobufCBinaryData *out) {
   size_t len = protobuf_c_message_get_packed_size(msg);
   uint8_t *buf = vk_call_alloc(kc->call, len > 0 ? len : 1);
   if (buf == NULL) {
@@ -655,27 +602,29 @@ static bool pack_msg(kc_t *kc, const ProtobufCMessage *msg,
   return true;
 }
 
-// reply_stored answers a retried request with the response its first
+// vk_keys_respond_stored answers a retried request with the response its first
 // attempt stored: a KeyRecord response (ApplyKey and ManageKey responses
 // have the same shape).
-static void reply_stored(kc_t *kc, const ProtobufCMessageDescriptor *desc,
-                         const redisReply *reply) {
+void vk_keys_respond_stored(vk_keys_call_t *kc,
+                            const ProtobufCMessageDescriptor *desc,
+                            const redisReply *reply) {
   size_t len = 0;
-  const char *raw = reply_str(reply, 1, &len);
+  const char *raw = vk_keys_reply_str(reply, 1, &len);
   ProtobufCMessage *m =
       raw == NULL ? NULL
                   : protobuf_c_message_unpack(desc, vk_call_allocator(kc->call),
                                               len, (const uint8_t *)raw);
   if (m == NULL) {
-    kc_fail(kc, VK_GRPC_INTERNAL, "stored response does not parse");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "stored response does not parse");
     return;
   }
-  kc_reply(kc, m);
+  vk_keys_respond(kc, m);
 }
 
-// idem_key names the idempotency record of `request_id` for the caller, or
-// returns false for no request id.
-static bool idem_key(const kc_t *kc, const char *request_id, char *out) {
+// vk_keys_idem_key names the idempotency record of `request_id` for the caller,
+// or returns false for no request id.
+bool vk_keys_idem_key(const vk_keys_call_t *kc, const char *request_id,
+                      char *out) {
   if (request_id[0] == '\0') {
     return false;
   }
@@ -685,47 +634,104 @@ static bool idem_key(const kc_t *kc, const char *request_id, char *out) {
   return true;
 }
 
-// sign_submit signs `claims` (packed into *out_bytes) on the worker pool;
-// `done` runs on the loop with the job. Fails the call on error.
-static bool sign_submit(kc_t *kc, vk_crypto_job_t *job,
-                        const Vkey__V1__KeyClaims *claims,
-                        ProtobufCBinaryData *out_bytes,
-                        void (*done)(vk_crypto_job_t *, int, void *),
-                        void *arg) {
+bool vk_keys_sign_prepare(vk_keys_call_t *kc, vk_crypto_op_t *op,
+                          const Vkey__V1__KeyClaims *claims,
+                          ProtobufCBinaryData *out_bytes) {
   size_t msg_len;
   uint8_t *msg = NULL;
-  if (pack_msg(kc, &claims->base, out_bytes)) {
+  if (vk_keys_pack(kc, &claims->base, out_bytes)) {
     msg = vk_keytoken_message(vk_call_allocator(kc->call), out_bytes->data,
                               out_bytes->len, &msg_len);
   }
   if (msg == NULL) {
-    kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return false;
   }
-  memset(job, 0, sizeof(*job));
-  vk_keytoken_sign_op(&job->ops[0], &kc->app->signing_key, msg, msg_len);
-  job->n_ops = 1;
+  vk_keytoken_sign_op(op, &kc->app->signing_key, msg, msg_len);
+  return true;
+}
+
+bool vk_keys_sign_submit(vk_keys_call_t *kc, vk_crypto_job_t *job, size_t n_ops,
+                         void (*done)(vk_crypto_job_t *, int, void *),
+                         void *arg) {
+  memset(&job->job, 0, sizeof(job->job));
+  job->n_ops = n_ops;
   job->done = done;
   job->arg = arg;
   vk_call_ref(kc->call);
   if (vk_crypto_submit(kc->app->workers, job) != VK_OK) {
-    kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED,
-            "server busy: signature queue full");
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED,
+                 "server busy: signature queue full");
     vk_call_unref(kc->call);
     return false;
   }
   return true;
 }
 
-// sign_result checks a finished signing job on a live call; fails the call
-// and returns false if it did not sign.
-static bool sign_result(kc_t *kc, const vk_crypto_job_t *job, int status) {
+bool vk_keys_sign_result(vk_keys_call_t *kc, const vk_crypto_job_t *job,
+                         int status) {
   if (status != VK_OK) {
-    kc_fail(kc, VK_GRPC_UNAVAILABLE, "server shutting down");
+    vk_keys_fail(kc, VK_GRPC_UNAVAILABLE, "server shutting down");
     return false;
   }
-  if (!job->ops[0].ok) {
-    kc_fail(kc, VK_GRPC_INTERNAL, "signing failed");
+  for (size_t i = 0; i < job->n_ops; i++) {
+    if (!job->ops[i].ok) {
+      vk_keys_fail(kc, VK_GRPC_INTERNAL, "signing failed");
+      return false;
+    }
+  }
+  return true;
+}
+
+void vk_keys_issue_init(vk_keys_call_t *kc, vk_keys_issue_t *k,
+                        const vk_keys_issue_params_t *p) {
+  vk_keytoken_new_key_id(k->key_id, p->vin);
+  k->issued_by = p->issued_by;
+  Vkey__V1__KeyClaims *c = &k->claims;
+  vkey__v1__key_claims__init(c);
+  c->format = VK_KEYTOKEN_FORMAT;
+  c->key_id = k->key_id;
+  c->vin = (char *)p->vin;
+  c->holder_user_id = (char *)p->holder;
+  c->holder_key_algorithm = p->holder_key_algorithm;
+  c->holder_public_key = p->holder_public_key;
+  c->key_type = p->key_type;
+  c->n_functions = vk_keytoken_mask_functions(k->fn_list, p->functions);
+  c->functions = k->fn_list;
+  const Vkey__V1__Validity *v = p->validity;
+  if (v != NULL && (v->not_before != 0 || v->not_after != 0)) {
+    vkey__v1__validity__init(&k->validity);
+    k->validity.not_before = v->not_before;
+    k->validity.not_after = v->not_after;
+    c->validity = &k->validity;
+  }
+  c->issuer_key_id = kc->app->signing_key.key_id;
+  c->version = 1;
+  c->issued_at = p->now_ms / 1000;
+  c->max_uses = p->max_uses;
+  if (p->grant_id != NULL && p->grant_id[0] != '\0') {
+    c->grant_id = (char *)p->grant_id;
+  }
+}
+
+bool vk_keys_issue_finish(vk_keys_call_t *kc, vk_keys_issue_t *k,
+                          const vk_crypto_op_t *op) {
+  int64_t now_s = k->claims.issued_at;
+  memcpy(k->sig, op->out_sig, sizeof(k->sig));
+  vkey__v1__signed_key__init(&k->sk);
+  k->sk.claims = k->claims_bytes;
+  k->sk.signature.data = k->sig;
+  k->sk.signature.len = sizeof(k->sig);
+  vkey__v1__key_record__init(&k->rec);
+  k->rec.claims = &k->claims;
+  k->rec.key = &k->sk;
+  k->rec.status = ST_ACTIVE;
+  k->rec.created_at = now_s;
+  k->rec.updated_at = now_s;
+  k->rec.issued_by = (char *)k->issued_by;
+  if (!vk_keys_pack(kc, &k->rec.base, &k->rec_bytes) ||
+      !vk_keys_pack(kc, &k->sk.base, &k->sk_bytes)) {
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return false;
   }
   return true;
@@ -737,14 +743,14 @@ static bool sign_result(kc_t *kc, const vk_crypto_job_t *job, int status) {
 static void issuers_read(vk_redis_t *r, int status, const redisReply *reply,
                          void *priv) {
   (void)r;
-  kc_t *kc = priv;
+  vk_keys_call_t *kc = priv;
   vk_call_t *call = kc->call;
   if (vk_call_is_done(call)) {
     vk_call_unref(call);
     return;
   }
   if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY) {
-    kc_unavailable(kc, status, reply);
+    vk_keys_unavailable(kc, status, reply);
     vk_call_unref(call);
     return;
   }
@@ -767,8 +773,8 @@ static void issuers_read(vk_redis_t *r, int status, const redisReply *reply,
     }
     Vkey__V1__IssuerKey *k = &keys[resp.n_keys];
     vkey__v1__issuer_key__init(k);
-    k->key_id = kc_dup(kc, kid->str, kid->len);
-    k->public_key.data = (uint8_t *)kc_dup(kc, pub->str, pub->len);
+    k->key_id = vk_keys_dup(kc, kid->str, kid->len);
+    k->public_key.data = (uint8_t *)vk_keys_dup(kc, pub->str, pub->len);
     k->public_key.len = pub->len;
     if (k->key_id == NULL || k->public_key.data == NULL) {
       vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -778,18 +784,18 @@ static void issuers_read(vk_redis_t *r, int status, const redisReply *reply,
     ptrs[resp.n_keys++] = k;
   }
   resp.keys = ptrs;
-  kc_reply(kc, &resp.base);
+  vk_keys_respond(kc, &resp.base);
   vk_call_unref(call);
 }
 
 static void issuers_start(vk_call_t *call, const ProtobufCMessage *msg) {
   (void)msg;
-  kc_t *kc = vk_call_alloc(call, sizeof(*kc));
+  vk_keys_call_t *kc = vk_call_alloc(call, sizeof(*kc));
   if (kc == NULL) {
     vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  kc_init(kc, call, "GetIssuerKeys", false);
+  vk_keys_call_init(kc, call, "GetIssuerKeys", false);
   vk_call_ref(call);
   if (vk_redis_command(kc->app->redis, issuers_read, kc, "HGETALL %s",
                        VK_REDIS_ISSUERS) != VK_OK) {
@@ -801,7 +807,7 @@ static void issuers_start(vk_call_t *call, const ProtobufCMessage *msg) {
 // --- ApplyKey (S210-S240) ----------------------------------------------------
 
 typedef struct {
-  kc_t kc;  // first: the helpers' callbacks recover the state from it
+  vk_keys_call_t kc;  // first: the helpers' callbacks recover the state from it
   const Vkey__V1__ApplyKeyRequest *req;
   int attempts;
   vk_function_mask_t requested;  // 0: the type's default set
@@ -812,14 +818,8 @@ typedef struct {
   size_t policy_len;
   uint32_t max_of_type;
   // S230
-  Vkey__V1__KeyClaims claims;
-  Vkey__V1__Validity validity;
-  Vkey__V1__VehicleFunction fn_list[VK_KEYTOKEN_FUNCTION_MAX];
-  ProtobufCBinaryData claims_bytes;
+  vk_keys_issue_t key;
   vk_crypto_job_t job;
-  uint8_t sig[64];
-  Vkey__V1__SignedKey sk;
-  Vkey__V1__KeyRecord rec;
   Vkey__V1__ApplyKeyResponse resp;
   bool has_idem;
   char k_vehicle[VK_REDIS_KEY_MAX];
@@ -876,17 +876,17 @@ static const char *apply_validate(apply_t *a, int64_t now_s) {
 
 static void apply_authed(vk_call_t *call, const vk_identity_t *who, void *arg) {
   apply_t *a = arg;
-  kc_t *kc = &a->kc;
+  vk_keys_call_t *kc = &a->kc;
   (void)call;
-  kc_set_identity(kc, who);
+  vk_keys_set_identity(kc, who);
   const char *err = apply_validate(a, vk_wall_ms() / 1000);
   if (err != NULL) {
-    kc_fail(kc, VK_GRPC_INVALID_ARGUMENT, err);
+    vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT, err);
     return;
   }
   if (strcmp(who->subject, a->req->user_id) != 0) {
-    kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-            "user_id must be the caller: apply for keys for yourself");
+    vk_keys_fail(kc, VK_GRPC_PERMISSION_DENIED,
+                 "user_id must be the caller: apply for keys for yourself");
     return;
   }
   const char *vin = a->req->vin;
@@ -894,7 +894,7 @@ static void apply_authed(vk_call_t *call, const vk_identity_t *who, void *arg) {
   vk_store_user(a->k_user, a->req->user_id);
   vk_store_vehicle_sub(a->k_veh_keys, vin, "keys");
   vk_store_user_keys(a->k_user_keys, a->req->user_id);
-  a->has_idem = idem_key(kc, a->req->request_id, a->k_idem);
+  a->has_idem = vk_keys_idem_key(kc, a->req->request_id, a->k_idem);
   apply_read(a);
 }
 
@@ -904,7 +904,7 @@ static void apply_start(vk_call_t *call, const ProtobufCMessage *msg) {
     vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  kc_init(&a->kc, call, "ApplyKey", true);
+  vk_keys_call_init(&a->kc, call, "ApplyKey", true);
   a->req = (const Vkey__V1__ApplyKeyRequest *)msg;
   vk_auth_bearer(a->kc.app, call, VK_ROLE_USER, false, apply_authed, a);
 }
@@ -916,60 +916,64 @@ static void apply_write(apply_t *a);
 // and the vehicle exist and are active, the caller owns the vehicle, and
 // the vehicle's key policy allows the key.
 static void apply_decide(apply_t *a, const redisReply *reply) {
-  kc_t *kc = &a->kc;
-  size_t veh_len, owner_len, pol_len, user_len;
-  const char *veh = reply_str(reply, 1, &veh_len);
-  const char *owner = reply_str(reply, 2, &owner_len);
-  const char *pol = reply_str(reply, 3, &pol_len);
-  const char *user = reply_str(reply, 4, &user_len);
+  vk_keys_call_t *kc = &a->kc;
+  size_t veh_len = 0, owner_len = 0, pol_len = 0, user_len = 0;
+  const char *veh = vk_keys_reply_str(reply, 1, &veh_len);
+  const char *owner = vk_keys_reply_str(reply, 2, &owner_len);
+  const char *pol = vk_keys_reply_str(reply, 3, &pol_len);
+  const char *user = vk_keys_reply_str(reply, 4, &user_len);
   int64_t count;
   if (veh == NULL || owner == NULL || pol == NULL || user == NULL ||
-      !reply_i64(reply, 5, 0, &count)) {
-    kc_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
+      !vk_keys_reply_i64(reply, 5, 0, &count)) {
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
     return;
   }
   if (veh_len == 0) {
-    kc_failf(kc, VK_GRPC_NOT_FOUND, "vehicle %s is not registered", kc->vin);
+    vk_keys_failf(kc, VK_GRPC_NOT_FOUND, "vehicle %s is not registered",
+                  kc->vin);
     return;
   }
   kc->vin_registered = true;
   if (user_len == 0) {
-    kc_fail(kc, VK_GRPC_NOT_FOUND, "user is not registered");
+    vk_keys_fail(kc, VK_GRPC_NOT_FOUND, "user is not registered");
     return;
   }
   if (strcmp(veh, "1") != 0) {
-    kc_fail(kc, VK_GRPC_FAILED_PRECONDITION, "the vehicle is disabled");
+    vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION, "the vehicle is disabled");
     return;
   }
   if (strcmp(user, "1") != 0) {
-    kc_fail(kc, VK_GRPC_FAILED_PRECONDITION, "the user is disabled");
+    vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION, "the user is disabled");
     return;
   }
   if (owner_len == 0) {
-    kc_fail(kc, VK_GRPC_FAILED_PRECONDITION, "the vehicle has no owner yet");
+    vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION,
+                 "the vehicle has no owner yet");
     return;
   }
   if (strcmp(owner, kc->who.subject) != 0) {
-    kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-            "keys for other people are granted by the vehicle owner");
+    vk_keys_fail(kc, VK_GRPC_PERMISSION_DENIED,
+                 "keys for other people are granted by the vehicle owner");
     return;
   }
   Vkey__V1__KeyPolicy *policy;
-  if (!policy_parse(kc, pol, pol_len, &policy)) {
-    kc_fail(kc, VK_GRPC_INTERNAL, "the vehicle's key policy does not parse");
+  if (!vk_keys_policy_parse(kc, pol, pol_len, &policy)) {
+    vk_keys_fail(kc, VK_GRPC_INTERNAL,
+                 "the vehicle's key policy does not parse");
     return;
   }
-  a->policy = kc_dup(kc, pol, pol_len);
+  a->policy = vk_keys_dup(kc, pol, pol_len);
   a->policy_len = pol_len;
   if (a->policy == NULL) {
-    kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  a->max_of_type = policy_max_keys(policy, (int)a->req->key_type);
+  a->max_of_type = vk_keys_policy_max_keys(policy, (int)a->req->key_type);
   if (a->max_of_type > 0 && count >= (int64_t)a->max_of_type) {
-    kc_failf(kc, VK_GRPC_RESOURCE_EXHAUSTED,
-             "the vehicle's key policy allows at most %u keys of this type",
-             a->max_of_type);
+    vk_keys_failf(
+        kc, VK_GRPC_RESOURCE_EXHAUSTED,
+        "the vehicle's key policy allows at most %u keys of this type",
+        a->max_of_type);
     return;
   }
   if (!functions_for_type(kc, (int)a->req->key_type, a->requested, policy,
@@ -979,36 +983,39 @@ static void apply_decide(apply_t *a, const redisReply *reply) {
   apply_sign(a);
 }
 
-static void apply_read_done(kc_t *kc, int status, const redisReply *reply) {
+static void apply_read_done(vk_keys_call_t *kc, int status,
+                            const redisReply *reply) {
   apply_t *a = vk_container_of(kc, apply_t, kc);
   if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY) {
-    kc_unavailable(kc, status, reply);
-  } else if (reply_tag(reply, "IDEM")) {
-    reply_stored(kc, &vkey__v1__apply_key_response__descriptor, reply);
-  } else if (reply_tag(reply, "STATE")) {
+    vk_keys_unavailable(kc, status, reply);
+  } else if (vk_keys_reply_tag(reply, "IDEM")) {
+    vk_keys_respond_stored(kc, &vkey__v1__apply_key_response__descriptor,
+                           reply);
+  } else if (vk_keys_reply_tag(reply, "STATE")) {
     apply_decide(a, reply);
   } else {
-    kc_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
   }
 }
 
 static void apply_read(apply_t *a) {
-  kc_t *kc = &a->kc;
-  args_begin(kc);
-  arg_key(kc, a->k_vehicle);
-  arg_key(kc, a->k_user);
-  arg_key(kc, a->k_veh_keys);
+  vk_keys_call_t *kc = &a->kc;
+  vk_keys_args_begin(kc);
+  vk_keys_arg_key(kc, a->k_vehicle);
+  vk_keys_arg_key(kc, a->k_user);
+  vk_keys_arg_key(kc, a->k_veh_keys);
   if (a->has_idem) {
-    arg_key(kc, a->k_idem);
+    vk_keys_arg_key(kc, a->k_idem);
   }
-  arg_i64(kc, (int64_t)a->req->key_type);
-  kc_eval(kc, &s_apply_read, apply_read_done);
+  vk_keys_arg_i64(kc, (int64_t)a->req->key_type);
+  vk_keys_eval(kc, &s_apply_read, apply_read_done);
 }
 
 static void apply_signed(vk_crypto_job_t *job, int status, void *arg) {
   apply_t *a = arg;
   vk_call_t *call = a->kc.call;
-  if (!vk_call_is_done(call) && sign_result(&a->kc, job, status)) {
+  if (!vk_call_is_done(call) && vk_keys_sign_result(&a->kc, job, status) &&
+      vk_keys_issue_finish(&a->kc, &a->key, &job->ops[0])) {
     apply_write(a);
   }
   vk_call_unref(call);
@@ -1017,78 +1024,61 @@ static void apply_signed(vk_crypto_job_t *job, int status, void *arg) {
 // apply_sign builds the key (S230): a fresh id and claims, signed on the
 // worker pool.
 static void apply_sign(apply_t *a) {
-  kc_t *kc = &a->kc;
+  vk_keys_call_t *kc = &a->kc;
   const Vkey__V1__ApplyKeyRequest *req = a->req;
   kc->now_ms = vk_wall_ms();
-  vk_keytoken_new_key_id(kc->key_id, req->vin);
-  Vkey__V1__KeyClaims *c = &a->claims;
-  vkey__v1__key_claims__init(c);
-  c->format = VK_KEYTOKEN_FORMAT;
-  c->key_id = kc->key_id;
-  c->vin = kc->vin;
-  c->holder_user_id = req->user_id;
-  c->holder_key_algorithm = req->holder_key_algorithm;
-  c->holder_public_key = req->holder_public_key;
-  c->key_type = req->key_type;
-  c->n_functions = vk_keytoken_mask_functions(a->fn_list, a->functions);
-  c->functions = a->fn_list;
-  if (req->validity != NULL &&
-      (req->validity->not_before != 0 || req->validity->not_after != 0)) {
-    vkey__v1__validity__init(&a->validity);
-    a->validity.not_before = req->validity->not_before;
-    a->validity.not_after = req->validity->not_after;
-    c->validity = &a->validity;
+  vk_keys_issue_params_t p = {
+      .vin = kc->vin,
+      .holder = req->user_id,
+      .holder_key_algorithm = req->holder_key_algorithm,
+      .holder_public_key = req->holder_public_key,
+      .key_type = req->key_type,
+      .functions = a->functions,
+      .validity = req->validity,
+      .max_uses = a->max_uses,
+      .issued_by = kc->who.subject,
+      .now_ms = kc->now_ms,
+  };
+  vk_keys_issue_init(kc, &a->key, &p);
+  snprintf(kc->key_id, sizeof(kc->key_id), "%s", a->key.key_id);
+  if (vk_keys_sign_prepare(kc, &a->job.ops[0], &a->key.claims,
+                           &a->key.claims_bytes)) {
+    vk_keys_sign_submit(kc, &a->job, 1, apply_signed, a);
   }
-  c->issuer_key_id = kc->app->signing_key.key_id;
-  c->version = 1;
-  c->issued_at = kc->now_ms / 1000;
-  c->max_uses = a->max_uses;
-  sign_submit(kc, &a->job, c, &a->claims_bytes, apply_signed, a);
 }
 
-static void apply_written(kc_t *kc, int status, const redisReply *reply) {
+static void apply_written(vk_keys_call_t *kc, int status,
+                          const redisReply *reply) {
   apply_t *a = vk_container_of(kc, apply_t, kc);
   if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY) {
-    kc_unavailable(kc, status, reply);
-  } else if (reply_tag(reply, "OK")) {
-    kc_reply(kc, &a->resp.base);
-  } else if (reply_tag(reply, "IDEM")) {
-    reply_stored(kc, &vkey__v1__apply_key_response__descriptor, reply);
-  } else if (reply_tag(reply, "RETRY")) {
-    if (++a->attempts >= kMaxAttempts) {
-      kc_fail(kc, VK_GRPC_ABORTED,
-              "the vehicle or user kept changing; try again");
+    vk_keys_unavailable(kc, status, reply);
+  } else if (vk_keys_reply_tag(reply, "OK")) {
+    vk_keys_respond(kc, &a->resp.base);
+  } else if (vk_keys_reply_tag(reply, "IDEM")) {
+    vk_keys_respond_stored(kc, &vkey__v1__apply_key_response__descriptor,
+                           reply);
+  } else if (vk_keys_reply_tag(reply, "RETRY")) {
+    if (++a->attempts >= VK_KEYS_MAX_ATTEMPTS) {
+      vk_keys_fail(kc, VK_GRPC_ABORTED,
+                   "the vehicle or user kept changing; try again");
       return;
     }
     kc->key_id[0] = '\0';
     apply_read(a);
   } else {
-    kc_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
   }
 }
 
 // apply_write stores and delivers the key (S240) in one script.
 static void apply_write(apply_t *a) {
-  kc_t *kc = &a->kc;
+  vk_keys_call_t *kc = &a->kc;
   int64_t now_s = kc->now_ms / 1000;
-  memcpy(a->sig, a->job.ops[0].out_sig, sizeof(a->sig));
-  vkey__v1__signed_key__init(&a->sk);
-  a->sk.claims = a->claims_bytes;
-  a->sk.signature.data = a->sig;
-  a->sk.signature.len = sizeof(a->sig);
-  vkey__v1__key_record__init(&a->rec);
-  a->rec.claims = &a->claims;
-  a->rec.key = &a->sk;
-  a->rec.status = ST_ACTIVE;
-  a->rec.created_at = now_s;
-  a->rec.updated_at = now_s;
-  a->rec.issued_by = kc->who.subject;
   vkey__v1__apply_key_response__init(&a->resp);
-  a->resp.key = &a->rec;
-  ProtobufCBinaryData rec, resp, sk;
-  if (!pack_msg(kc, &a->rec.base, &rec) ||
-      !pack_msg(kc, &a->resp.base, &resp) || !pack_msg(kc, &a->sk.base, &sk)) {
-    kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+  a->resp.key = &a->key.rec;
+  ProtobufCBinaryData resp;
+  if (!vk_keys_pack(kc, &a->resp.base, &resp)) {
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
   char k_key[VK_REDIS_KEY_MAX], k_outbox[VK_REDIS_KEY_MAX];
@@ -1100,41 +1090,41 @@ static void apply_write(apply_t *a) {
   vk_store_vehicle_sub(notify, kc->vin, "notify");
   snprintf(detail, sizeof(detail), "type=%d functions=0x%x version=1",
            (int)a->req->key_type, (unsigned)a->functions);
-  args_begin(kc);
-  arg_key(kc, a->k_vehicle);
-  arg_key(kc, a->k_user);
-  arg_key(kc, a->k_veh_keys);
-  arg_key(kc, a->k_user_keys);
-  arg_key(kc, k_key);
-  arg_key(kc, k_outbox);
-  arg_key(kc, k_audit);
+  vk_keys_args_begin(kc);
+  vk_keys_arg_key(kc, a->k_vehicle);
+  vk_keys_arg_key(kc, a->k_user);
+  vk_keys_arg_key(kc, a->k_veh_keys);
+  vk_keys_arg_key(kc, a->k_user_keys);
+  vk_keys_arg_key(kc, k_key);
+  vk_keys_arg_key(kc, k_outbox);
+  vk_keys_arg_key(kc, k_audit);
   if (a->has_idem) {
-    arg_key(kc, a->k_idem);
+    vk_keys_arg_key(kc, a->k_idem);
   }
-  arg_str(kc, kc->who.subject);  // 1: the owner the read saw
-  arg_bin(kc, a->policy_len > 0 ? a->policy : "", a->policy_len);
-  arg_i64(kc, (int64_t)a->req->key_type);
-  arg_i64(kc, (int64_t)a->max_of_type);
-  arg_str(kc, kc->key_id);  // 5
-  arg_bin(kc, rec.data, rec.len);
-  arg_bin(kc, resp.data, resp.len);
-  arg_bin(kc, sk.data, sk.len);
-  arg_str(kc, a->req->user_id);
-  arg_i64(kc, kc->now_ms);  // 10
-  arg_i64(kc, now_s);
-  arg_i64(kc, 1);
-  arg_str(kc, kc->actor);
-  arg_str(kc, kc->vin);
-  arg_str(kc, kc_dup(kc, notify, strlen(notify)));  // 15
-  arg_str(kc, kc_dup(kc, detail, strlen(detail)));
-  kc_eval(kc, &s_apply_write, apply_written);
+  vk_keys_arg_str(kc, kc->who.subject);  // 1: the owner the read saw
+  vk_keys_arg_bin(kc, a->policy_len > 0 ? a->policy : "", a->policy_len);
+  vk_keys_arg_i64(kc, (int64_t)a->req->key_type);
+  vk_keys_arg_i64(kc, (int64_t)a->max_of_type);
+  vk_keys_arg_str(kc, kc->key_id);  // 5
+  vk_keys_arg_bin(kc, a->key.rec_bytes.data, a->key.rec_bytes.len);
+  vk_keys_arg_bin(kc, resp.data, resp.len);
+  vk_keys_arg_bin(kc, a->key.sk_bytes.data, a->key.sk_bytes.len);
+  vk_keys_arg_str(kc, a->req->user_id);
+  vk_keys_arg_i64(kc, kc->now_ms);  // 10
+  vk_keys_arg_i64(kc, now_s);
+  vk_keys_arg_i64(kc, 1);
+  vk_keys_arg_str(kc, kc->actor);
+  vk_keys_arg_str(kc, kc->vin);
+  vk_keys_arg_str(kc, vk_keys_dup(kc, notify, strlen(notify)));  // 15
+  vk_keys_arg_str(kc, vk_keys_dup(kc, detail, strlen(detail)));
+  vk_keys_eval(kc, &s_apply_write, apply_written);
 }
 
 // --- GetKey
 // --------------------------------------------------------------------
 
 typedef struct {
-  kc_t kc;
+  vk_keys_call_t kc;
   const Vkey__V1__GetKeyRequest *req;
 } get_t;
 
@@ -1142,17 +1132,19 @@ typedef struct {
 // authoritative hash fields (status, updated_at) over it. NULL when the
 // reply holds no record (the call is not failed) or it does not parse (the
 // call is failed: *out_failed).
-static Vkey__V1__KeyRecord *key_overlay(kc_t *kc, const redisReply *reply,
+static Vkey__V1__KeyRecord *key_overlay(vk_keys_call_t *kc,
+                                        const redisReply *reply,
                                         bool *out_failed) {
   size_t len, veh_len;
-  const char *raw = reply_str(reply, 1, &len);
+  const char *raw = vk_keys_reply_str(reply, 1, &len);
   int64_t status, updated_at;
   *out_failed = false;
-  kc->vin_registered = reply_str(reply, 8, &veh_len) != NULL && veh_len > 0;
-  if (raw == NULL || !reply_i64(reply, 2, 0, &status) ||
-      !reply_i64(reply, 3, 0, &updated_at)) {
+  kc->vin_registered =
+      vk_keys_reply_str(reply, 8, &veh_len) != NULL && veh_len > 0;
+  if (raw == NULL || !vk_keys_reply_i64(reply, 2, 0, &status) ||
+      !vk_keys_reply_i64(reply, 3, 0, &updated_at)) {
     *out_failed = true;
-    kc_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
     return NULL;
   }
   if (len == 0) {
@@ -1162,7 +1154,7 @@ static Vkey__V1__KeyRecord *key_overlay(kc_t *kc, const redisReply *reply,
       vk_call_allocator(kc->call), len, (const uint8_t *)raw);
   if (rec == NULL || rec->claims == NULL || rec->key == NULL) {
     *out_failed = true;
-    kc_fail(kc, VK_GRPC_INTERNAL, "stored key record does not parse");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "stored key record does not parse");
     return NULL;
   }
   rec->status = (Vkey__V1__KeyStatus)status;
@@ -1170,9 +1162,10 @@ static Vkey__V1__KeyRecord *key_overlay(kc_t *kc, const redisReply *reply,
   return rec;
 }
 
-static void get_read_done(kc_t *kc, int status, const redisReply *reply) {
-  if (status != VK_OK || !reply_tag(reply, "KEY")) {
-    kc_unavailable(kc, status, reply);
+static void get_read_done(vk_keys_call_t *kc, int status,
+                          const redisReply *reply) {
+  if (status != VK_OK || !vk_keys_reply_tag(reply, "KEY")) {
+    vk_keys_unavailable(kc, status, reply);
     return;
   }
   bool failed;
@@ -1181,44 +1174,44 @@ static void get_read_done(kc_t *kc, int status, const redisReply *reply) {
     return;
   }
   if (rec == NULL) {
-    kc_fail(kc, VK_GRPC_NOT_FOUND, "no such key");
+    vk_keys_fail(kc, VK_GRPC_NOT_FOUND, "no such key");
     return;
   }
-  const char *holder = reply_str(reply, 5, NULL);
-  const char *owner = reply_str(reply, 6, NULL);
+  const char *holder = vk_keys_reply_str(reply, 5, NULL);
+  const char *owner = vk_keys_reply_str(reply, 6, NULL);
   bool user = kc->who.role == VK_ROLE_USER;
   bool allowed =
       kc->who.role == VK_ROLE_OPERATOR ||
       (user && holder != NULL && strcmp(holder, kc->who.subject) == 0) ||
       (user && owner != NULL && strcmp(owner, kc->who.subject) == 0);
   if (!allowed) {
-    kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-            "only the key's holder or the vehicle's owner may read it");
+    vk_keys_fail(kc, VK_GRPC_PERMISSION_DENIED,
+                 "only the key's holder or the vehicle's owner may read it");
     return;
   }
   Vkey__V1__GetKeyResponse resp = VKEY__V1__GET_KEY_RESPONSE__INIT;
   resp.key = rec;
-  kc_reply(kc, &resp.base);
+  vk_keys_respond(kc, &resp.base);
 }
 
 static void get_authed(vk_call_t *call, const vk_identity_t *who, void *arg) {
   get_t *g = arg;
-  kc_t *kc = &g->kc;
+  vk_keys_call_t *kc = &g->kc;
   (void)call;
-  kc_set_identity(kc, who);
+  vk_keys_set_identity(kc, who);
   if (!vk_key_id_valid(g->req->key_id)) {
-    kc_fail(kc, VK_GRPC_INVALID_ARGUMENT,
-            "key_id: want <VIN>.<16 lowercase hex digits>");
+    vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT,
+                 "key_id: want <VIN>.<16 lowercase hex digits>");
     return;
   }
-  kc_set_key(kc, g->req->key_id);
+  vk_keys_set_key(kc, g->req->key_id);
   char k_key[VK_REDIS_KEY_MAX], k_vehicle[VK_REDIS_KEY_MAX];
   vk_store_key(k_key, kc->key_id);
   vk_store_vehicle(k_vehicle, kc->vin);
-  args_begin(kc);
-  arg_key(kc, k_key);
-  arg_key(kc, k_vehicle);
-  kc_eval(kc, &s_key_read, get_read_done);
+  vk_keys_args_begin(kc);
+  vk_keys_arg_key(kc, k_key);
+  vk_keys_arg_key(kc, k_vehicle);
+  vk_keys_eval(kc, &s_key_read, get_read_done);
 }
 
 static void get_start(vk_call_t *call, const ProtobufCMessage *msg) {
@@ -1227,7 +1220,7 @@ static void get_start(vk_call_t *call, const ProtobufCMessage *msg) {
     vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  kc_init(&g->kc, call, "GetKey", false);
+  vk_keys_call_init(&g->kc, call, "GetKey", false);
   g->req = (const Vkey__V1__GetKeyRequest *)msg;
   vk_auth_bearer(g->kc.app, call, VK_ROLE_USER, true, get_authed, g);
 }
@@ -1239,7 +1232,7 @@ static void get_start(vk_call_t *call, const ProtobufCMessage *msg) {
 // as opaque.
 
 typedef struct {
-  kc_t kc;
+  vk_keys_call_t kc;
   const Vkey__V1__ListKeysRequest *req;
   uint32_t page_size;
 } list_t;
@@ -1273,13 +1266,13 @@ static bool page_token_parse(const char *tok, char score[24],
 }
 
 // list_entry decodes one key of a page reply (5 elements from `i`).
-static Vkey__V1__KeyRecord *list_entry(kc_t *kc, const redisReply *reply,
-                                       size_t i) {
+static Vkey__V1__KeyRecord *list_entry(vk_keys_call_t *kc,
+                                       const redisReply *reply, size_t i) {
   size_t len;
-  const char *raw = reply_str(reply, i + 2, &len);
+  const char *raw = vk_keys_reply_str(reply, i + 2, &len);
   int64_t status, updated_at;
-  if (raw == NULL || !reply_i64(reply, i + 3, 0, &status) ||
-      !reply_i64(reply, i + 4, 0, &updated_at)) {
+  if (raw == NULL || !vk_keys_reply_i64(reply, i + 3, 0, &status) ||
+      !vk_keys_reply_i64(reply, i + 4, 0, &updated_at)) {
     return NULL;
   }
   Vkey__V1__KeyRecord *rec = vkey__v1__key_record__unpack(
@@ -1291,73 +1284,75 @@ static Vkey__V1__KeyRecord *list_entry(kc_t *kc, const redisReply *reply,
   return rec;
 }
 
-static void list_page_done(kc_t *kc, int status, const redisReply *reply) {
+static void list_page_done(vk_keys_call_t *kc, int status,
+                           const redisReply *reply) {
   list_t *l = vk_container_of(kc, list_t, kc);
   if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY) {
-    kc_unavailable(kc, status, reply);
+    vk_keys_unavailable(kc, status, reply);
     return;
   }
-  if (reply_tag(reply, "NOENT")) {
-    kc_fail(kc, VK_GRPC_NOT_FOUND,
-            l->req->scope_case == VKEY__V1__LIST_KEYS_REQUEST__SCOPE_VIN
-                ? "vehicle is not registered"
-                : "user is not registered");
+  if (vk_keys_reply_tag(reply, "NOENT")) {
+    vk_keys_fail(kc, VK_GRPC_NOT_FOUND,
+                 l->req->scope_case == VKEY__V1__LIST_KEYS_REQUEST__SCOPE_VIN
+                     ? "vehicle is not registered"
+                     : "user is not registered");
     return;
   }
-  if (reply_tag(reply, "DENIED")) {
+  if (vk_keys_reply_tag(reply, "DENIED")) {
     kc->vin_registered = true;
-    kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-            "only the vehicle's owner may list its keys");
+    vk_keys_fail(kc, VK_GRPC_PERMISSION_DENIED,
+                 "only the vehicle's owner may list its keys");
     return;
   }
   int64_t more;
-  if (!reply_tag(reply, "PAGE") || !reply_i64(reply, 1, 0, &more) ||
+  if (!vk_keys_reply_tag(reply, "PAGE") ||
+      !vk_keys_reply_i64(reply, 1, 0, &more) ||
       (reply->elements - 2) % 5 != 0) {
-    kc_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
     return;
   }
   size_t n = (reply->elements - 2) / 5;
   Vkey__V1__ListKeysResponse resp = VKEY__V1__LIST_KEYS_RESPONSE__INIT;
   resp.keys = vk_call_alloc(kc->call, (n + 1) * sizeof(*resp.keys));
   if (resp.keys == NULL) {
-    kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
   for (size_t i = 0; i < n; i++) {
     Vkey__V1__KeyRecord *rec = list_entry(kc, reply, 2 + 5 * i);
     if (rec == NULL) {
-      kc_fail(kc, VK_GRPC_INTERNAL, "stored key record does not parse");
+      vk_keys_fail(kc, VK_GRPC_INTERNAL, "stored key record does not parse");
       return;
     }
     resp.keys[resp.n_keys++] = rec;
   }
   if (more != 0 && n > 0) {
     size_t last = 2 + 5 * (n - 1);
-    const char *id = reply_str(reply, last, NULL);
-    size_t score_len;
-    const char *score = reply_str(reply, last + 1, &score_len);
+    const char *id = vk_keys_reply_str(reply, last, NULL);
+    size_t score_len = 0;
+    const char *score = vk_keys_reply_str(reply, last + 1, &score_len);
     char tok[64];
     snprintf(tok, sizeof(tok), "%.*s:%s", (int)score_len,
              score != NULL ? score : "0", id != NULL ? id : "");
-    resp.next_page_token = kc_dup(kc, tok, strlen(tok));
+    resp.next_page_token = vk_keys_dup(kc, tok, strlen(tok));
     if (resp.next_page_token == NULL) {
-      kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+      vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
       return;
     }
   }
-  kc_reply(kc, &resp.base);
+  vk_keys_respond(kc, &resp.base);
 }
 
 static void list_authed(vk_call_t *call, const vk_identity_t *who, void *arg) {
   list_t *l = arg;
-  kc_t *kc = &l->kc;
+  vk_keys_call_t *kc = &l->kc;
   const Vkey__V1__ListKeysRequest *req = l->req;
   (void)call;
-  kc_set_identity(kc, who);
+  vk_keys_set_identity(kc, who);
   char score[24], after[VK_KEY_ID_LEN + 1];
   const Vkey__V1__PageRequest *page = req->page;
   if (!page_token_parse(page != NULL ? page->page_token : "", score, after)) {
-    kc_fail(kc, VK_GRPC_INVALID_ARGUMENT, "page.page_token is not ours");
+    vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT, "page.page_token is not ours");
     return;
   }
   uint32_t size = page != NULL ? page->page_size : 0;
@@ -1367,7 +1362,8 @@ static void list_authed(vk_call_t *call, const vk_identity_t *who, void *arg) {
   bool user = who->role == VK_ROLE_USER;
   if (req->scope_case == VKEY__V1__LIST_KEYS_REQUEST__SCOPE_VIN) {
     if (!vk_vin_valid(req->vin)) {
-      kc_fail(kc, VK_GRPC_INVALID_ARGUMENT, "vin: 17 characters of ISO 3779");
+      vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT,
+                   "vin: 17 characters of ISO 3779");
       return;
     }
     snprintf(kc->vin, sizeof(kc->vin), "%s", req->vin);
@@ -1378,28 +1374,29 @@ static void list_authed(vk_call_t *call, const vk_identity_t *who, void *arg) {
     must_own = user ? kc->who.subject : "";
   } else if (req->scope_case == VKEY__V1__LIST_KEYS_REQUEST__SCOPE_USER_ID) {
     if (!vk_user_id_valid(req->user_id)) {
-      kc_fail(kc, VK_GRPC_INVALID_ARGUMENT, "user_id: 1-64 of [A-Za-z0-9._@-]");
+      vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT,
+                   "user_id: 1-64 of [A-Za-z0-9._@-]");
       return;
     }
     if (user && strcmp(req->user_id, who->subject) != 0) {
-      kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-              "a user may list only their own keys");
+      vk_keys_fail(kc, VK_GRPC_PERMISSION_DENIED,
+                   "a user may list only their own keys");
       return;
     }
     vk_store_user_keys(k_index, req->user_id);
     vk_store_user(k_entity, req->user_id);
   } else {
-    kc_fail(kc, VK_GRPC_INVALID_ARGUMENT, "set vin or user_id");
+    vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT, "set vin or user_id");
     return;
   }
-  args_begin(kc);
-  arg_key(kc, k_index);
-  arg_key(kc, k_entity);
-  arg_str(kc, kc_dup(kc, score, strlen(score)));
-  arg_str(kc, kc_dup(kc, after, strlen(after)));
-  arg_i64(kc, (int64_t)l->page_size);
-  arg_str(kc, must_own);
-  kc_eval(kc, &s_list_page, list_page_done);
+  vk_keys_args_begin(kc);
+  vk_keys_arg_key(kc, k_index);
+  vk_keys_arg_key(kc, k_entity);
+  vk_keys_arg_str(kc, vk_keys_dup(kc, score, strlen(score)));
+  vk_keys_arg_str(kc, vk_keys_dup(kc, after, strlen(after)));
+  vk_keys_arg_i64(kc, (int64_t)l->page_size);
+  vk_keys_arg_str(kc, must_own);
+  vk_keys_eval(kc, &s_list_page, list_page_done);
 }
 
 static void list_start(vk_call_t *call, const ProtobufCMessage *msg) {
@@ -1408,7 +1405,7 @@ static void list_start(vk_call_t *call, const ProtobufCMessage *msg) {
     vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  kc_init(&l->kc, call, "ListKeys", false);
+  vk_keys_call_init(&l->kc, call, "ListKeys", false);
   l->req = (const Vkey__V1__ListKeysRequest *)msg;
   vk_auth_bearer(l->kc.app, call, VK_ROLE_USER, true, list_authed, l);
 }
@@ -1417,7 +1414,7 @@ static void list_start(vk_call_t *call, const ProtobufCMessage *msg) {
 // -----------------------------------------------------
 
 typedef struct {
-  kc_t kc;
+  vk_keys_call_t kc;
   const Vkey__V1__ManageKeyRequest *req;
   int attempts;
   vk_function_mask_t requested;  // SET_FUNCTIONS; 0: the type's defaults
@@ -1485,19 +1482,19 @@ static const char *manage_validate(manage_t *m) {
 static void manage_authed(vk_call_t *call, const vk_identity_t *who,
                           void *arg) {
   manage_t *m = arg;
-  kc_t *kc = &m->kc;
+  vk_keys_call_t *kc = &m->kc;
   (void)call;
-  kc_set_identity(kc, who);
+  vk_keys_set_identity(kc, who);
   const char *err = manage_validate(m);
   if (err != NULL) {
     if (vk_key_id_valid(m->req->key_id)) {
-      kc_set_key(kc, m->req->key_id);
+      vk_keys_set_key(kc, m->req->key_id);
     }
-    kc_fail(kc, VK_GRPC_INVALID_ARGUMENT, err);
+    vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT, err);
     return;
   }
-  kc_set_key(kc, m->req->key_id);
-  m->has_idem = idem_key(kc, m->req->request_id, m->k_idem);
+  vk_keys_set_key(kc, m->req->key_id);
+  m->has_idem = vk_keys_idem_key(kc, m->req->request_id, m->k_idem);
   manage_read(m);
 }
 
@@ -1507,7 +1504,7 @@ static void manage_start(vk_call_t *call, const ProtobufCMessage *msg) {
     vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  kc_init(&m->kc, call, "ManageKey", true);
+  vk_keys_call_init(&m->kc, call, "ManageKey", true);
   m->req = (const Vkey__V1__ManageKeyRequest *)msg;
   vk_auth_bearer(m->kc.app, call, VK_ROLE_USER, true, manage_authed, m);
 }
@@ -1516,7 +1513,7 @@ static void manage_start(vk_call_t *call, const ProtobufCMessage *msg) {
 // every key of the vehicle; an operator may revoke any; the holder may
 // revoke or delete their own key when the vehicle's policy says so.
 static bool manage_allowed(manage_t *m, const Vkey__V1__KeyPolicy *policy) {
-  kc_t *kc = &m->kc;
+  vk_keys_call_t *kc = &m->kc;
   int op = (int)m->req->operation;
   bool user = kc->who.role == VK_ROLE_USER;
   if (user && m->owner[0] != '\0' && strcmp(m->owner, kc->who.subject) == 0) {
@@ -1526,8 +1523,8 @@ static bool manage_allowed(manage_t *m, const Vkey__V1__KeyPolicy *policy) {
     if (op == OP_REVOKE) {
       return true;
     }
-    kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-            "operators may only revoke keys; the owner manages them");
+    vk_keys_fail(kc, VK_GRPC_PERMISSION_DENIED,
+                 "operators may only revoke keys; the owner manages them");
     return false;
   }
   if (user && strcmp(m->holder, kc->who.subject) == 0 &&
@@ -1535,29 +1532,30 @@ static bool manage_allowed(manage_t *m, const Vkey__V1__KeyPolicy *policy) {
     if (policy != NULL && policy->holder_may_revoke_own) {
       return true;
     }
-    kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-            "the vehicle's key policy does not let holders revoke their own "
-            "keys");
+    vk_keys_fail(
+        kc, VK_GRPC_PERMISSION_DENIED,
+        "the vehicle's key policy does not let holders revoke their own "
+        "keys");
     return false;
   }
-  kc_fail(kc, VK_GRPC_PERMISSION_DENIED,
-          "only the vehicle's owner manages its keys");
+  vk_keys_fail(kc, VK_GRPC_PERMISSION_DENIED,
+               "only the vehicle's owner manages its keys");
   return false;
 }
 
 // manage_transition applies the state machine: sets the new status and the
 // outbox event, or fails the call.
 static bool manage_transition(manage_t *m) {
-  kc_t *kc = &m->kc;
+  vk_keys_call_t *kc = &m->kc;
   Vkey__V1__KeyStatus s = m->old->status;
   int op = (int)m->req->operation;
   if (s == ST_REVOKED || s == ST_DELETED) {
-    kc_fail(kc, VK_GRPC_FAILED_PRECONDITION,
-            s == ST_REVOKED ? "the key is revoked" : "the key is deleted");
+    vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION,
+                 s == ST_REVOKED ? "the key is revoked" : "the key is deleted");
     return false;
   }
   if (s != ST_ACTIVE && s != ST_SUSPENDED) {
-    kc_fail(kc, VK_GRPC_INTERNAL, "the key has an unknown status");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "the key has an unknown status");
     return false;
   }
   m->new_status = s;
@@ -1568,8 +1566,8 @@ static bool manage_transition(manage_t *m) {
       return true;
     case OP_SUSPEND:
       if (s != ST_ACTIVE) {
-        kc_fail(kc, VK_GRPC_FAILED_PRECONDITION,
-                "only an active key can be suspended");
+        vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION,
+                     "only an active key can be suspended");
         return false;
       }
       m->new_status = ST_SUSPENDED;
@@ -1577,8 +1575,8 @@ static bool manage_transition(manage_t *m) {
       return true;
     case OP_RESUME:
       if (s != ST_SUSPENDED) {
-        kc_fail(kc, VK_GRPC_FAILED_PRECONDITION,
-                "only a suspended key can be resumed");
+        vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION,
+                     "only a suspended key can be resumed");
         return false;
       }
       m->new_status = ST_ACTIVE;
@@ -1597,7 +1595,7 @@ static bool manage_transition(manage_t *m) {
 static void manage_signed(vk_crypto_job_t *job, int status, void *arg) {
   manage_t *m = arg;
   vk_call_t *call = m->kc.call;
-  if (!vk_call_is_done(call) && sign_result(&m->kc, job, status)) {
+  if (!vk_call_is_done(call) && vk_keys_sign_result(&m->kc, job, status)) {
     memcpy(m->sig, job->ops[0].out_sig, sizeof(m->sig));
     vkey__v1__signed_key__init(&m->sk);
     m->sk.claims = m->claims_bytes;
@@ -1614,7 +1612,7 @@ static void manage_signed(vk_crypto_job_t *job, int status, void *arg) {
 // SET_VALIDITY, validated like ApplyKey's, with the next version, and signs
 // them on the worker pool.
 static void manage_resign(manage_t *m, const Vkey__V1__KeyPolicy *policy) {
-  kc_t *kc = &m->kc;
+  vk_keys_call_t *kc = &m->kc;
   const Vkey__V1__KeyClaims *old = m->old->claims;
   const char *err = NULL;
   m->claims = *old;  // shallow: the old claims live in the arena too
@@ -1630,7 +1628,7 @@ static void manage_resign(manage_t *m, const Vkey__V1__KeyPolicy *policy) {
     const Vkey__V1__Validity *v = m->req->validity;
     if (vk_keytoken_check_validity(&err, v, old->key_type, kc->now_ms / 1000) !=
         VK_OK) {
-      kc_fail(kc, VK_GRPC_INVALID_ARGUMENT, err);
+      vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT, err);
       return;
     }
     m->claims.validity = NULL;
@@ -1644,43 +1642,46 @@ static void manage_resign(manage_t *m, const Vkey__V1__KeyPolicy *policy) {
   m->claims.version = old->version + 1;
   m->claims.issued_at = kc->now_ms / 1000;
   m->claims.issuer_key_id = kc->app->signing_key.key_id;
-  sign_submit(kc, &m->job, &m->claims, &m->claims_bytes, manage_signed, m);
+  if (vk_keys_sign_prepare(kc, &m->job.ops[0], &m->claims, &m->claims_bytes)) {
+    vk_keys_sign_submit(kc, &m->job, 1, manage_signed, m);
+  }
 }
 
 // manage_decide runs S280 on what the read returned.
 static void manage_decide(manage_t *m, const redisReply *reply) {
-  kc_t *kc = &m->kc;
+  vk_keys_call_t *kc = &m->kc;
   bool failed;
   m->old = key_overlay(kc, reply, &failed);
   if (failed) {
     return;
   }
   if (m->old == NULL) {
-    kc_fail(kc, VK_GRPC_NOT_FOUND, "no such key");
+    vk_keys_fail(kc, VK_GRPC_NOT_FOUND, "no such key");
     return;
   }
-  size_t rev_len, holder_len, owner_len, pol_len;
-  const char *rev = reply_str(reply, 4, &rev_len);
-  const char *holder = reply_str(reply, 5, &holder_len);
-  const char *owner = reply_str(reply, 6, &owner_len);
-  const char *pol = reply_str(reply, 7, &pol_len);
+  size_t rev_len = 0, holder_len = 0, owner_len = 0, pol_len = 0;
+  const char *rev = vk_keys_reply_str(reply, 4, &rev_len);
+  const char *holder = vk_keys_reply_str(reply, 5, &holder_len);
+  const char *owner = vk_keys_reply_str(reply, 6, &owner_len);
+  const char *pol = vk_keys_reply_str(reply, 7, &pol_len);
   if (rev == NULL || holder == NULL || owner == NULL || pol == NULL) {
-    kc_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
     return;
   }
-  m->rev = kc_dup(kc, rev, rev_len);
-  m->holder = kc_dup(kc, holder, holder_len);
-  m->owner = kc_dup(kc, owner, owner_len);
-  m->policy = kc_dup(kc, pol, pol_len);
+  m->rev = vk_keys_dup(kc, rev, rev_len);
+  m->holder = vk_keys_dup(kc, holder, holder_len);
+  m->owner = vk_keys_dup(kc, owner, owner_len);
+  m->policy = vk_keys_dup(kc, pol, pol_len);
   m->policy_len = pol_len;
   Vkey__V1__KeyPolicy *policy;
   if (m->rev == NULL || m->holder == NULL || m->owner == NULL ||
       m->policy == NULL) {
-    kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  if (!policy_parse(kc, pol, pol_len, &policy)) {
-    kc_fail(kc, VK_GRPC_INTERNAL, "the vehicle's key policy does not parse");
+  if (!vk_keys_policy_parse(kc, pol, pol_len, &policy)) {
+    vk_keys_fail(kc, VK_GRPC_INTERNAL,
+                 "the vehicle's key policy does not parse");
     return;
   }
   if (!manage_allowed(m, policy) || !manage_transition(m)) {
@@ -1696,55 +1697,59 @@ static void manage_decide(manage_t *m, const redisReply *reply) {
   manage_write(m);
 }
 
-static void manage_read_done(kc_t *kc, int status, const redisReply *reply) {
+static void manage_read_done(vk_keys_call_t *kc, int status,
+                             const redisReply *reply) {
   manage_t *m = vk_container_of(kc, manage_t, kc);
   if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY) {
-    kc_unavailable(kc, status, reply);
-  } else if (reply_tag(reply, "IDEM")) {
-    reply_stored(kc, &vkey__v1__manage_key_response__descriptor, reply);
-  } else if (reply_tag(reply, "KEY")) {
+    vk_keys_unavailable(kc, status, reply);
+  } else if (vk_keys_reply_tag(reply, "IDEM")) {
+    vk_keys_respond_stored(kc, &vkey__v1__manage_key_response__descriptor,
+                           reply);
+  } else if (vk_keys_reply_tag(reply, "KEY")) {
     manage_decide(m, reply);
   } else {
-    kc_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
   }
 }
 
 static void manage_read(manage_t *m) {
-  kc_t *kc = &m->kc;
+  vk_keys_call_t *kc = &m->kc;
   char k_key[VK_REDIS_KEY_MAX], k_vehicle[VK_REDIS_KEY_MAX];
   vk_store_key(k_key, kc->key_id);
   vk_store_vehicle(k_vehicle, kc->vin);
-  args_begin(kc);
-  arg_key(kc, k_key);
-  arg_key(kc, k_vehicle);
+  vk_keys_args_begin(kc);
+  vk_keys_arg_key(kc, k_key);
+  vk_keys_arg_key(kc, k_vehicle);
   if (m->has_idem) {
-    arg_key(kc, m->k_idem);
+    vk_keys_arg_key(kc, m->k_idem);
   }
-  kc_eval(kc, &s_key_read, manage_read_done);
+  vk_keys_eval(kc, &s_key_read, manage_read_done);
 }
 
-static void manage_written(kc_t *kc, int status, const redisReply *reply) {
+static void manage_written(vk_keys_call_t *kc, int status,
+                           const redisReply *reply) {
   manage_t *m = vk_container_of(kc, manage_t, kc);
   if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY) {
-    kc_unavailable(kc, status, reply);
-  } else if (reply_tag(reply, "OK")) {
-    kc_reply(kc, &m->resp.base);
-  } else if (reply_tag(reply, "IDEM")) {
-    reply_stored(kc, &vkey__v1__manage_key_response__descriptor, reply);
-  } else if (reply_tag(reply, "RETRY")) {
-    if (++m->attempts >= kMaxAttempts) {
-      kc_fail(kc, VK_GRPC_ABORTED, "the key kept changing; try again");
+    vk_keys_unavailable(kc, status, reply);
+  } else if (vk_keys_reply_tag(reply, "OK")) {
+    vk_keys_respond(kc, &m->resp.base);
+  } else if (vk_keys_reply_tag(reply, "IDEM")) {
+    vk_keys_respond_stored(kc, &vkey__v1__manage_key_response__descriptor,
+                           reply);
+  } else if (vk_keys_reply_tag(reply, "RETRY")) {
+    if (++m->attempts >= VK_KEYS_MAX_ATTEMPTS) {
+      vk_keys_fail(kc, VK_GRPC_ABORTED, "the key kept changing; try again");
       return;
     }
     manage_read(m);
   } else {
-    kc_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
+    vk_keys_fail(kc, VK_GRPC_INTERNAL, "unexpected key store reply");
   }
 }
 
 // manage_write stores the outcome and tells the vehicle, in one script.
 static void manage_write(manage_t *m) {
-  kc_t *kc = &m->kc;
+  vk_keys_call_t *kc = &m->kc;
   int64_t now_s = kc->now_ms / 1000;
   m->rec.status = m->new_status;
   m->rec.updated_at = now_s;
@@ -1752,10 +1757,10 @@ static void manage_write(manage_t *m) {
   m->resp.key = &m->rec;
   ProtobufCBinaryData rec, resp, sk = {0, NULL};
   bool carries_key = m->event == EV_UPDATED || m->event == EV_RESUMED;
-  if (!pack_msg(kc, &m->rec.base, &rec) ||
-      !pack_msg(kc, &m->resp.base, &resp) ||
-      (carries_key && !pack_msg(kc, &m->rec.key->base, &sk))) {
-    kc_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+  if (!vk_keys_pack(kc, &m->rec.base, &rec) ||
+      !vk_keys_pack(kc, &m->resp.base, &resp) ||
+      (carries_key && !vk_keys_pack(kc, &m->rec.key->base, &sk))) {
+    vk_keys_fail(kc, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
   char k_vehicle[VK_REDIS_KEY_MAX], k_key[VK_REDIS_KEY_MAX];
@@ -1773,35 +1778,35 @@ static void manage_write(manage_t *m) {
   vk_store_vehicle_sub(notify, kc->vin, "notify");
   snprintf(detail, sizeof(detail), "%s version=%" PRIu64,
            operation_name((int)m->req->operation), m->rec.claims->version);
-  args_begin(kc);
-  arg_key(kc, k_vehicle);
-  arg_key(kc, k_key);
-  arg_key(kc, k_veh_keys);
-  arg_key(kc, k_user_keys);
-  arg_key(kc, k_outbox);
-  arg_key(kc, k_audit);
+  vk_keys_args_begin(kc);
+  vk_keys_arg_key(kc, k_vehicle);
+  vk_keys_arg_key(kc, k_key);
+  vk_keys_arg_key(kc, k_veh_keys);
+  vk_keys_arg_key(kc, k_user_keys);
+  vk_keys_arg_key(kc, k_outbox);
+  vk_keys_arg_key(kc, k_audit);
   if (m->has_idem) {
-    arg_key(kc, m->k_idem);
+    vk_keys_arg_key(kc, m->k_idem);
   }
-  arg_str(kc, m->rev);  // 1
-  arg_str(kc, m->owner);
-  arg_bin(kc, m->policy, m->policy_len);
-  arg_i64(kc, (int64_t)m->new_status);
-  arg_bin(kc, rec.data, rec.len);  // 5
-  arg_bin(kc, resp.data, resp.len);
-  arg_i64(kc, (int64_t)m->event);
-  arg_i64(kc, (int64_t)m->rec.claims->version);
-  arg_bin(kc, sk.data != NULL ? (const void *)sk.data : "", sk.len);
-  arg_i64(kc, kc->now_ms);  // 10
-  arg_i64(kc, now_s);
-  arg_str(kc, kc->actor);
-  arg_str(kc, kc->vin);
-  arg_str(kc, kc->key_id);
-  arg_str(kc, operation_name((int)m->req->operation));  // 15
-  arg_str(kc, kc_dup(kc, notify, strlen(notify)));
-  arg_str(kc, m->new_status == ST_DELETED ? "1" : "0");
-  arg_str(kc, kc_dup(kc, detail, strlen(detail)));
-  kc_eval(kc, &s_manage_write, manage_written);
+  vk_keys_arg_str(kc, m->rev);  // 1
+  vk_keys_arg_str(kc, m->owner);
+  vk_keys_arg_bin(kc, m->policy, m->policy_len);
+  vk_keys_arg_i64(kc, (int64_t)m->new_status);
+  vk_keys_arg_bin(kc, rec.data, rec.len);  // 5
+  vk_keys_arg_bin(kc, resp.data, resp.len);
+  vk_keys_arg_i64(kc, (int64_t)m->event);
+  vk_keys_arg_i64(kc, (int64_t)m->rec.claims->version);
+  vk_keys_arg_bin(kc, sk.data != NULL ? (const void *)sk.data : "", sk.len);
+  vk_keys_arg_i64(kc, kc->now_ms);  // 10
+  vk_keys_arg_i64(kc, now_s);
+  vk_keys_arg_str(kc, kc->actor);
+  vk_keys_arg_str(kc, kc->vin);
+  vk_keys_arg_str(kc, kc->key_id);
+  vk_keys_arg_str(kc, operation_name((int)m->req->operation));  // 15
+  vk_keys_arg_str(kc, vk_keys_dup(kc, notify, strlen(notify)));
+  vk_keys_arg_str(kc, m->new_status == ST_DELETED ? "1" : "0");
+  vk_keys_arg_str(kc, vk_keys_dup(kc, detail, strlen(detail)));
+  vk_keys_eval(kc, &s_manage_write, manage_written);
 }
 
 // --- the service
@@ -1854,11 +1859,11 @@ static vk_service_t keys_service = {
 };
 
 const vk_service_t *vk_keys_service(vk_app_t *app) {
-  script_init(&s_apply_read);
-  script_init(&s_apply_write);
-  script_init(&s_key_read);
-  script_init(&s_manage_write);
-  script_init(&s_list_page);
+  vk_keys_script_init(&s_apply_read);
+  vk_keys_script_init(&s_apply_write);
+  vk_keys_script_init(&s_key_read);
+  vk_keys_script_init(&s_manage_write);
+  vk_keys_script_init(&s_list_page);
   keys_service.ctx = app;
   return &keys_service;
 }
