@@ -195,6 +195,15 @@ static bool send_cmd(vk_subscriber_t *s, const char *verb, sub_chan_t **chans,
                                argvlen) == REDIS_OK;
 }
 
+// With `patterns`, every wanted name is a glob pattern (PSUBSCRIBE).
+static const char *sub_cmd(const vk_subscriber_t *s) {
+  return s->cfg.patterns ? "PSUBSCRIBE" : "SUBSCRIBE";
+}
+
+static const char *unsub_cmd(const vk_subscriber_t *s) {
+  return s->cfg.patterns ? "PUNSUBSCRIBE" : "UNSUBSCRIBE";
+}
+
 // chan_sync sends what makes the channel's subscription match the wish, if
 // nothing is in flight; frees an entry that is done with. Returns false if
 // `c` was freed.
@@ -207,11 +216,11 @@ static bool chan_sync(vk_subscriber_t *s, sub_chan_t *c) {
     return true;  // on_hiredis_connect subscribes it
   }
   if (c->state == CHAN_NONE && c->want) {
-    if (send_cmd(s, "SUBSCRIBE", &c, 1)) {
+    if (send_cmd(s, sub_cmd(s), &c, 1)) {
       c->state = CHAN_SUB_SENT;
     }
   } else if (c->state == CHAN_ON && !c->want) {
-    if (send_cmd(s, "UNSUBSCRIBE", &c, 1)) {
+    if (send_cmd(s, unsub_cmd(s), &c, 1)) {
       c->state = CHAN_UNSUB_SENT;
     }
   }
@@ -230,7 +239,7 @@ static void subscribe_all(vk_subscriber_t *s) {
       }
       batch[n++] = c;
       if (n == VK__SUB_BATCH) {
-        if (!send_cmd(s, "SUBSCRIBE", batch, n)) {
+        if (!send_cmd(s, sub_cmd(s), batch, n)) {
           return;
         }
         for (size_t j = 0; j < n; j++) {
@@ -240,7 +249,7 @@ static void subscribe_all(vk_subscriber_t *s) {
       }
     }
   }
-  if (n > 0 && send_cmd(s, "SUBSCRIBE", batch, n)) {
+  if (n > 0 && send_cmd(s, sub_cmd(s), batch, n)) {
     for (size_t j = 0; j < n; j++) {
       batch[j]->state = CHAN_SUB_SENT;
     }
@@ -535,15 +544,22 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv) {
   if (c == NULL) {
     return;
   }
-  if (str_eq(kind, "message")) {
-    const redisReply *payload = r->element[2];
-    if (c->want && is_str(payload)) {
-      s->cfg.on_message(s, c->name, c->len, payload->str, payload->len,
-                        s->cfg.arg);
+  bool pat = s->cfg.patterns;
+  if (str_eq(kind, pat ? "pmessage" : "message")) {
+    // message: [kind, channel, payload]; pmessage: [kind, pattern, channel,
+    // payload]. The user hears the channel the message was published on.
+    const redisReply *channel = pat ? r->element[2] : name;
+    const redisReply *payload = r->element[pat ? 3 : 2];
+    if (pat && (r->elements < 4 || !is_str(channel))) {
+      return;
     }
-  } else if (str_eq(kind, "subscribe")) {
+    if (c->want && is_str(payload)) {
+      s->cfg.on_message(s, channel->str, channel->len, payload->str,
+                        payload->len, s->cfg.arg);
+    }
+  } else if (str_eq(kind, pat ? "psubscribe" : "subscribe")) {
     handle_confirm(s, c, true);
-  } else if (str_eq(kind, "unsubscribe")) {
+  } else if (str_eq(kind, pat ? "punsubscribe" : "unsubscribe")) {
     handle_confirm(s, c, false);
   }
 }

@@ -66,6 +66,9 @@ typedef struct {
   // per transition. While it is down no channel is subscribed. Optional.
   void (*on_state)(vk_subscriber_t *s, bool connected, void *arg);
   void *arg;
+  // When true every wanted name is a glob pattern (PSUBSCRIBE), and
+  // on_message reports the channel each message was published on.
+  bool patterns;
 } vk_subscriber_config_t;
 
 // vk_subscriber_new allocates a subscriber on `loop` that starts connecting

@@ -64,10 +64,22 @@ void vk__conn_stream_opened(vk_conn_t *c) {
   }
 }
 
+static void arm_idle(vk_conn_t *c);
+
 static void conn_on_idle(uv_timer_t *t) {
   vk_conn_t *c = vk_container_of(t, vk_conn_t, idle);
+  if (c->goaway_sent) {
+    // A whole idle period after our GOAWAY the peer still holds the socket
+    // without reading it (our write is stuck): stop waiting for it.
+    VK_DEBUG("conn %s: peer ignores GOAWAY; closing", c->peer);
+    vk__conn_close(c);
+    return;
+  }
   VK_DEBUG("conn %s: idle timeout", c->peer);
   vk__conn_goaway(c);
+  // Normally the connection closes once the GOAWAY is written; this second
+  // round covers a peer that never reads it.
+  arm_idle(c);
 }
 
 static void arm_idle(vk_conn_t *c) {

@@ -162,9 +162,14 @@ static int start_redis(vk_daemon_t *d) {
     VK_ERROR("bad --redis '%s' (want redis://HOST:PORT or unix:/PATH)", url);
     return rv;
   }
-  // Vehicle channels hear of new events on a pub/sub connection of their own.
+  // Vehicle channels hear of new events on a pub/sub connection of their own,
+  // and so does the key status cache of writes to key records.
   d->app.loop = d->loop;
-  return vk_hub_new(&d->app.hub, &d->app, url);
+  rv = vk_hub_new(&d->app.hub, &d->app, url);
+  if (rv == VK_OK) {
+    rv = vk_verify_cache_feed_start(d->app.verify_cache, d->loop, url);
+  }
+  return rv;
 }
 
 static int read_hex_public_key(uint8_t out[32], const char *path) {

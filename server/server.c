@@ -199,17 +199,40 @@ void vk__server_conn_released(vk_server_t *s) {
   }
 }
 
+// After the drain timeout's GOAWAY, a connection whose peer does not read
+// cannot even take that frame; it gets this long before it is closed, so
+// that one stalled client cannot keep the process from exiting.
+enum { kDrainCloseMs = 1000 };
+
+static void on_drain_close_timeout(uv_timer_t *t) {
+  vk_server_t *s = vk_container_of(t, vk_server_t, drain_timer);
+  VK_WARN("drain: closing %zu connection(s) that stopped reading", s->n_conns);
+  while (s->conns != NULL) {
+    vk__conn_close(s->conns);
+  }
+}
+
 static void on_drain_timeout(uv_timer_t *t) {
   vk_server_t *s = vk_container_of(t, vk_server_t, drain_timer);
   VK_WARN("drain: %zu connection(s) still busy, cancelling their calls",
           s->n_conns);
-  for (vk_conn_t *c = s->conns; c != NULL; c = c->next) {
+  vk_conn_t *next;
+  for (vk_conn_t *c = s->conns; c != NULL; c = next) {
+    next = c->next;  // a flush may close (unlink, not free) `c`
     for (vk_call_t *call = c->calls; call != NULL; call = call->conn_next) {
       vk__call_abort(call, VK_GRPC_UNAVAILABLE, "server shutting down");
     }
-    // The trailers go out with the GOAWAY that ends the session.
-    nghttp2_session_terminate_session(c->h2, NGHTTP2_NO_ERROR);
-    vk__conn_schedule_flush(c);
+    // Put the trailers on the wire first: once the session is terminating,
+    // nghttp2 drops every HEADERS still queued and the client would see
+    // only a closed socket.
+    vk__conn_flush(c);
+    if (!c->closing) {
+      nghttp2_session_terminate_session(c->h2, NGHTTP2_NO_ERROR);
+      vk__conn_schedule_flush(c);
+    }
+  }
+  if (s->n_conns > 0) {
+    uv_timer_start(&s->drain_timer, on_drain_close_timeout, kDrainCloseMs, 0);
   }
 }
 

@@ -76,6 +76,7 @@ typedef struct {
   const char *detail;
   vk_crypto_op_t *token_op;
   vk_crypto_op_t *proof_op;
+  uint64_t cache_stamp;  // taken before the status read
 } item_t;
 
 struct verify_req_s {
@@ -88,7 +89,6 @@ struct verify_req_s {
   bool issuers_loaded;
   size_t pending;
   void (*next)(verify_req_t *r);  // the stage after `pending` reaches 0
-  uint64_t cache_gen;
 };
 
 static void stage_parse(verify_req_t *r);
@@ -325,7 +325,7 @@ static void state_read(vk_redis_t *redis, int status, const redisReply *reply,
     it->state.version =
         ver->type == REDIS_REPLY_STRING ? strtoull(ver->str, NULL, 10) : 0;
     vk_verify_cache_status_put(r->app->verify_cache, it->claims->key_id,
-                               &it->state, r->cache_gen);
+                               &it->state, it->cache_stamp);
     apply_state(it);
   }
   step_done(r);
@@ -334,7 +334,6 @@ static void state_read(vk_redis_t *redis, int status, const redisReply *reply,
 static void stage_state(verify_req_t *r) {
   r->next = stage_crypto;
   r->pending = 1;  // held until every read is sent
-  r->cache_gen = vk_verify_cache_generation(r->app->verify_cache);
   for (size_t i = 0; i < r->n && !vk_call_is_done(r->call); i++) {
     item_t *it = &r->items[i];
     if (it->decided) {
@@ -347,6 +346,8 @@ static void stage_state(verify_req_t *r) {
     }
     char key[VK_REDIS_KEY_MAX];
     vk_store_key(key, it->claims->key_id);
+    it->cache_stamp =
+        vk_verify_cache_stamp(r->app->verify_cache, it->claims->key_id);
     if (vk_redis_command(r->app->redis, state_read, it, "HMGET %s status ver",
                          key) != VK_OK) {
       vk_call_finish(r->call, VK_GRPC_UNAVAILABLE, "key store unavailable");
@@ -733,13 +734,13 @@ typedef struct {
   const Vkey__V1__CheckKeyStatusRequest *req;
   Vkey__V1__KeyStatusEntry *entries;
   size_t pending;
-  uint64_t cache_gen;
   bool failed;
 } status_req_t;
 
 typedef struct {
   status_req_t *s;
   size_t index;
+  uint64_t cache_stamp;  // taken before the read
 } status_read_t;
 
 static void status_answer(status_req_t *s) {
@@ -787,7 +788,7 @@ static void status_read(vk_redis_t *redis, int status, const redisReply *reply,
     e->status = (Vkey__V1__KeyStatus)st.status;
     e->version = st.version;
     vk_verify_cache_status_put(s->app->verify_cache, e->key_id, &st,
-                               s->cache_gen);
+                               rd->cache_stamp);
   }
   if (--s->pending == 0) {
     status_answer(s);
@@ -805,7 +806,6 @@ static void check_status_authed(vk_call_t *call, void *arg) {
   }
   vk_call_ref(call);
   s->pending = 1;
-  s->cache_gen = vk_verify_cache_generation(s->app->verify_cache);
   for (size_t i = 0; i < n && !s->failed; i++) {
     Vkey__V1__KeyStatusEntry *e = &s->entries[i];
     vkey__v1__key_status_entry__init(e);
@@ -818,7 +818,8 @@ static void check_status_authed(vk_call_t *call, void *arg) {
     }
     char key[VK_REDIS_KEY_MAX];
     vk_store_key(key, e->key_id);
-    reads[i] = (status_read_t){s, i};
+    reads[i] = (status_read_t){
+        s, i, vk_verify_cache_stamp(s->app->verify_cache, e->key_id)};
     if (vk_redis_command(s->app->redis, status_read, &reads[i],
                          "HMGET %s status ver", key) != VK_OK) {
       vk_call_finish(call, VK_GRPC_UNAVAILABLE, "key store unavailable");

@@ -1,9 +1,10 @@
 // verify_cache.h: the in-process caches in front of Redis on the
 // verification hot path:
 //  - token signatures: SHA-256(claims || signature) -> verified, until a TTL;
-//  - key status: key id -> (status, version), invalidated for one key as
-//    soon as Redis reports a write to that key's hash (keyspace
-//    notifications), and trusted only while that feed is connected;
+//  - key status: key id -> (status, version), dropped for a whole vehicle as
+//    soon as anything is published on its `vk:veh:{VIN}:notify` channel
+//    (every write that changes a key publishes there), and trusted only
+//    while that feed is subscribed;
 //  - issuer public keys: key id -> Ed25519 public key (they never change).
 // All are fixed-size and direct-mapped: bounded memory, O(1), and a
 // collision costs only a refill. Loop thread only.
@@ -13,6 +14,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <uv.h>
 
 #include "app.h"
 #include "store.h"
@@ -31,6 +34,7 @@ typedef struct {
 // vk_verify_cache_new sizes the caches (entries each).
 int vk_verify_cache_new(vk_verify_cache_t **out, size_t token_slots,
                         size_t status_slots);
+// vk_verify_cache_free also closes the feed. NULL is a no-op.
 void vk_verify_cache_free(vk_verify_cache_t *c);
 
 // Token signatures already verified.
@@ -43,19 +47,23 @@ void vk_verify_cache_token_put(vk_verify_cache_t *c, const uint8_t digest[32],
 // invalidation feed is down (fail closed: the caller re-reads Redis).
 bool vk_verify_cache_status_get(vk_verify_cache_t *c, const char *key_id,
                                 vk_key_state_t *out);
-// `put` records a state read from Redis. `feed_gen` is the feed generation
-// read BEFORE the Redis read was sent, so a state read across a feed outage
-// or an invalidation is never stored as fresh.
+// vk_verify_cache_stamp returns the stamp to take BEFORE reading a key's
+// status from Redis and to hand to `put`: a state read across an
+// invalidation of its vehicle, or across a feed outage, is not stored.
+uint64_t vk_verify_cache_stamp(const vk_verify_cache_t *c, const char *key_id);
 void vk_verify_cache_status_put(vk_verify_cache_t *c, const char *key_id,
-                                const vk_key_state_t *state, uint64_t feed_gen);
-// The generation to pass to `put`; bumps on every invalidation of any key
-// and on every change of the feed's state.
-uint64_t vk_verify_cache_generation(const vk_verify_cache_t *c);
-// Drops the cached status of `key_id`.
-void vk_verify_cache_invalidate(vk_verify_cache_t *c, const char *key_id);
-// The feed connected (true) or was lost (false): either way every cached
-// status is dropped, since invalidations may have been missed.
+                                const vk_key_state_t *state, uint64_t stamp);
+// Drops every cached status of vehicle `vin`.
+void vk_verify_cache_invalidate_vehicle(vk_verify_cache_t *c,
+                                        const char *vin, size_t vin_len);
+// The feed was confirmed (true) or lost (false): either way every cached
+// status is dropped, since notifications may have been missed.
 void vk_verify_cache_feed_state(vk_verify_cache_t *c, bool up);
+
+// vk_verify_cache_feed_start pattern-subscribes `vk:veh:*:notify` on a
+// connection of its own to `url`. Returns 0, VK_EINVAL (bad url), VK_ENOMEM.
+int vk_verify_cache_feed_start(vk_verify_cache_t *c, uv_loop_t *loop,
+                               const char *url);
 
 // Issuer public keys (the service's key-signing keys).
 const uint8_t *vk_verify_cache_issuer(const vk_verify_cache_t *c,

@@ -191,15 +191,13 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{{"-x", "h:1"}, "unknown option '-x'"},
         Bad{{"h:1", "-c"}, "needs a value"},
         Bad{{"--dump-request", ""}, "needs a file name"},
-        Bad{{}, "missing target"},
-        Bad{{"-c", "2"}, "missing target"},
+        Bad{{}, "missing target"}, Bad{{"-c", "2"}, "missing target"},
         Bad{{"h:1", "h:2"}, "one target only"},
         Bad{{"localhost"}, "expected HOST:PORT"},
         Bad{{"localhost:0"}, "port must be 1..65535"},
         Bad{{"localhost:65536"}, "port must be 1..65535"},
         Bad{{"localhost:http"}, "port must be 1..65535"},
-        Bad{{":50051"}, "bad host"},
-        Bad{{"::1:50051"}, "[ADDR]:PORT"},
+        Bad{{":50051"}, "bad host"}, Bad{{"::1:50051"}, "[ADDR]:PORT"},
         Bad{{"[::1]50051"}, "[IPV6]:PORT"},
         Bad{{"https://h:443"}, "TLS is not supported"}));
 

@@ -17,7 +17,9 @@ class HistTest : public ::testing::Test {
     ASSERT_EQ(VK_OK, vk_hist_init(&h_, VK_HIST_LATENCY_HIGHEST,
                                   VK_HIST_LATENCY_SUB_BITS));
   }
-  void TearDown() override { vk_hist_cleanup(&h_); }
+  void TearDown() override {
+    vk_hist_cleanup(&h_);
+  }
 
   // The histogram promises: a reported value is within 1/128 of the true
   // one, and never below it (it reports the bucket's highest value).

@@ -82,13 +82,12 @@ TEST(BenchScenario, Unframe) {
   size_t len = 0;
   const char *why = nullptr;
   const uint8_t good[] = {0, 0, 0, 0, 2, 0x08, 0x01};
-  ASSERT_EQ(VK_OK, vk_bench_grpc_unframe(&msg, &len, &why, good,
-                                         sizeof(good)));
+  ASSERT_EQ(VK_OK, vk_bench_grpc_unframe(&msg, &len, &why, good, sizeof(good)));
   EXPECT_EQ(2u, len);
   EXPECT_EQ(good + 5, msg);
   const uint8_t empty[] = {0, 0, 0, 0, 0};
-  ASSERT_EQ(VK_OK, vk_bench_grpc_unframe(&msg, &len, &why, empty,
-                                         sizeof(empty)));
+  ASSERT_EQ(VK_OK,
+            vk_bench_grpc_unframe(&msg, &len, &why, empty, sizeof(empty)));
   EXPECT_EQ(0u, len);
   const uint8_t truncated[] = {0, 0, 0, 0, 3, 0x08};
   EXPECT_EQ(VK_EPROTO, vk_bench_grpc_unframe(&msg, &len, &why, truncated,
@@ -197,10 +196,9 @@ TEST(BenchReport, JsonHasEveryFigureAndEscapesServerText) {
   free(text);
   for (const char *part :
        {"\"scenario\":\"health\"", "\"ok\":1000", "\"failed\":5",
-        "\"throughput_rps\":500.000", "\"p50\":", "\"p999\":",
-        "\"max\":1000", "\"UNAVAILABLE\":3", "\"http\":2",
-        "\"cpu_us_per_request\":20.000", "\"pid\":77",
-        "say \\\"hi\\\"\\u000a\\u0001"}) {
+        "\"throughput_rps\":500.000", "\"p50\":", "\"p999\":", "\"max\":1000",
+        "\"UNAVAILABLE\":3", "\"http\":2", "\"cpu_us_per_request\":20.000",
+        "\"pid\":77", "say \\\"hi\\\"\\u000a\\u0001"}) {
     EXPECT_NE(std::string::npos, json.find(part)) << part << " in " << json;
   }
   EXPECT_EQ('\n', json.back());

@@ -19,8 +19,7 @@ constexpr uint64_t kStart = UINT64_C(5000000000);  // any monotonic origin
 // The exact intended time for an integer rate, in integer arithmetic.
 uint64_t Exact(uint64_t k, uint64_t rate) {
   return kStart + static_cast<uint64_t>(
-                      (static_cast<unsigned __int128>(k) * 1000000000u) /
-                      rate);
+                      (static_cast<unsigned __int128>(k) * 1000000000u) / rate);
 }
 
 TEST(Schedule, RejectsImpossibleRates) {
@@ -36,8 +35,8 @@ TEST(Schedule, RejectsImpossibleRates) {
 TEST(Schedule, KthIntendedTimeIsStartPlusKOverRNoDrift) {
   for (uint64_t rate : {3u, 1000u, 70000u, 123457u}) {
     vk_sched_t s;
-    ASSERT_EQ(VK_OK, vk_sched_init(&s, kStart, static_cast<double>(rate),
-                                   UINT64_MAX));
+    ASSERT_EQ(VK_OK,
+              vk_sched_init(&s, kStart, static_cast<double>(rate), UINT64_MAX));
     for (uint64_t k = 0; k <= 1000000; k++) {
       ASSERT_EQ(Exact(k, rate), vk_sched_intended(&s, k))
           << "rate " << rate << " k " << k;
@@ -54,8 +53,7 @@ TEST(Schedule, AddingThePeriodWouldDriftButTheScheduleDoesNot) {
   for (int k = 0; k < 1000000; k++) {
     summed += 333333333;
   }
-  EXPECT_EQ(kStart + UINT64_C(333333333333333),
-            vk_sched_intended(&s, 1000000));
+  EXPECT_EQ(kStart + UINT64_C(333333333333333), vk_sched_intended(&s, 1000000));
   EXPECT_NE(summed, vk_sched_intended(&s, 1000000));
 }
 

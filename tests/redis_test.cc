@@ -769,12 +769,15 @@ TEST_F(RedisTest, EmbeddedChildDiesUnexpectedly) {
   State state;
   vk_redis_t *r = Connect(vk_redis_child_url(child), &state);
   ASSERT_NE(nullptr, r);
-  std::ifstream in(data + "/redis.pid");
   pid_t pid = 0;
-  in >> pid;
-  ASSERT_GT(pid, 1);
+  ASSERT_TRUE(WaitFor([&] {
+    std::ifstream in(data + "/redis.pid");
+    return static_cast<bool>(in >> pid) && pid > 1;
+  }));
   kill(pid, SIGKILL);  // logged as unexpected; the client loses Redis
   ASSERT_TRUE(RunUntil([&] { return !state.connected; }));
+  // Reaped by libuv's exit handling, which logs the unexpected exit.
+  ASSERT_TRUE(RunUntil([&] { return kill(pid, 0) != 0; }));
   vk_redis_free(r);
   int done = 0;
   vk_redis_child_stop(child, OnDone, &done);  // only cleans up

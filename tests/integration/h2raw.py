@@ -383,8 +383,12 @@ class H2Conn:
         self.eof = False
         self._header_block = None  # (stream_id, bytes) across CONTINUATION
         if handshake:
-            self.send(PREFACE + settings_frame(settings))
-            self.wait(lambda: self.server_settings_seen)
+            try:
+                self.send(PREFACE + settings_frame(settings))
+                self.wait(lambda: self.server_settings_seen)
+            except BaseException:
+                self.close()
+                raise
 
     server_settings_seen = False
 
@@ -604,29 +608,3 @@ def frames_in(data):
         data = data[9 + n:]
     return out
 
-
-def import_vkharness():
-    """Imports vkharness.
-
-    Works around a bug in vkharness.Process as committed: `def stop(self,
-    sig=signal.SIGTERM)` follows `def signal(self, sig)` in the class body,
-    so the default resolves to that method and the import fails with
-    AttributeError. Once vkharness is fixed this is a plain import.
-    """
-    import sys
-    import types
-    try:
-        import vkharness
-        return vkharness
-    except AttributeError:
-        sys.modules.pop("vkharness", None)
-    import os
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                        "vkharness.py")
-    with open(path) as f:
-        src = f.read().replace("sig=signal.SIGTERM", "sig=15")
-    mod = types.ModuleType("vkharness")
-    mod.__file__ = path
-    sys.modules["vkharness"] = mod
-    exec(compile(src, path, "exec"), mod.__dict__)
-    return mod

@@ -410,6 +410,78 @@ class TwoInstanceTest(vkharness.ServerTestCase):
         print(f"\nrevocation visible on the other instance after "
               f"{delay_ms:.1f} ms (first verification after the ack)")
 
+    def status_on_b(self, session, key_id):
+        req = R.CheckKeyStatusRequest(vin=VIN1, key_ids=[key_id])
+        md, _ = session.auth(verify_pb2,
+                             "/vkey.v1.VerifyService/CheckKeyStatus", req)
+        return self.verify_b.CheckKeyStatus(req, metadata=md,
+                                            timeout=10).keys[0].status
+
+    def session_on_b(self):
+        s = vkcreds.VehicleSession(VIN1, self.fleet.vehicle_keys[VIN1])
+        s.open(self.verify_b, verify_pb2, self.fleet.issuer_public)
+        return s
+
+    def test_status_cache_invalidated_across_instances(self):
+        rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
+        s = self.session_on_b()
+        # Twice: the second answer comes from B's cache.
+        for _ in range(2):
+            self.assertEqual(self.status_on_b(s, rec.claims.key_id),
+                             F.KEY_STATUS_ACTIVE)
+        self.fleet.manage(rec.claims.key_id, keys_pb2.KEY_OPERATION_REVOKE)
+        acked = time.monotonic()
+        deadline = acked + 5
+        status = None
+        while time.monotonic() < deadline:
+            status = self.status_on_b(s, rec.claims.key_id)
+            if status == F.KEY_STATUS_REVOKED:
+                break
+        self.assertEqual(status, F.KEY_STATUS_REVOKED)
+        print(f"\nB's cached status was invalidated "
+              f"{(time.monotonic() - acked) * 1000:.1f} ms after the "
+              f"revoke's acknowledgement")
+
+    def redis_cli(self, *args):
+        """One command over one kept connection (new ones may be refused)."""
+        import socket
+        if not hasattr(self, "_redis_sock"):
+            self._redis_sock = socket.create_connection(
+                ("127.0.0.1", self.redis.port), timeout=10)
+            self._redis_buf = self._redis_sock.makefile("rb")
+            self.addCleanup(self._redis_sock.close)
+        cmd = f"*{len(args)}\r\n" + "".join(
+            f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        self._redis_sock.sendall(cmd.encode())
+        line = self._redis_buf.readline()
+        if line.startswith(b"$"):
+            n = int(line[1:])
+            return self._redis_buf.read(n + 2)[:-2].decode() if n >= 0 else ""
+        if line.startswith(b"-"):
+            raise RuntimeError(line.decode())
+        return line[1:].decode().strip()
+
+    def test_status_cache_off_while_feed_is_lost(self):
+        rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
+        s = self.session_on_b()
+        for _ in range(2):
+            self.assertEqual(self.status_on_b(s, rec.claims.key_id),
+                             F.KEY_STATUS_ACTIVE)
+        # Cut every pub/sub connection and keep them from coming back: no
+        # invalidation can reach B now.
+        clients = int(self.redis_cli("INFO", "clients").split(
+            "connected_clients:")[1].split()[0])
+        pubsub = self.redis_cli("CLIENT", "LIST", "TYPE", "pubsub").count(
+            "id=")
+        self.redis_cli("CONFIG", "SET", "maxclients", str(clients - pubsub))
+        self.addCleanup(self.redis_cli, "CONFIG", "SET", "maxclients",
+                        "10000")
+        self.redis_cli("CLIENT", "KILL", "TYPE", "pubsub")
+        self.fleet.manage(rec.claims.key_id, keys_pb2.KEY_OPERATION_REVOKE)
+        # B may not answer from its cache: it reads Redis, and sees REVOKED.
+        self.assertEqual(self.status_on_b(s, rec.claims.key_id),
+                         F.KEY_STATUS_REVOKED)
+
     def test_one_time_key_used_concurrently_on_two_instances(self):
         for _ in range(5):
             rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_ONE_TIME)
