@@ -191,6 +191,22 @@ static int stop_stale(const char *dir, const char *pidfile) {
   return VK_EBUSY;
 }
 
+// write_pidfile records the child's pid at once. Redis writes the same file
+// only once it is up; a vkeyd killed in between would otherwise leave a
+// Redis that the next start cannot find. Both writers write the same pid.
+static void write_pidfile(const char *path, int pid) {
+  char buf[32];
+  int n = snprintf(buf, sizeof(buf), "%d\n", pid);
+  int fd =
+      open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0 || n <= 0 || write(fd, buf, (size_t)n) != n) {
+    VK_WARN("redis child: cannot write %s", path);
+  }
+  if (fd >= 0) {
+    close(fd);
+  }
+}
+
 static void on_child_closed(uv_handle_t *h) {
   vk_redis_child_t *c = h->data;
   if (--c->pending_closes > 0) {
@@ -391,6 +407,7 @@ int vk_redis_child_start(vk_redis_child_t **out, uv_loop_t *loop,
     child_close(c);
     return err == UV_ENOENT ? VK_ENOTFOUND : VK_EIO;
   }
+  write_pidfile(pidfile, c->proc.pid);
   VK_INFO("redis child: started redis-server (pid %d) in %s", c->proc.pid,
           c->dir);
   *out = c;

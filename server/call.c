@@ -24,8 +24,7 @@ struct vk_deadline_s {
   vk_call_t *call;  // holds a reference until the timer's close callback
 };
 
-static void call_end(vk_call_t *call, vk_grpc_status_t status,
-                     const char *msg);
+static void call_end(vk_call_t *call, vk_grpc_status_t status, const char *msg);
 static void deadline_release(vk_call_t *call);
 
 static const vk_server_limits_t *limits(const vk_call_t *call) {
@@ -163,19 +162,20 @@ int vk__call_on_header(vk_call_t *call, const uint8_t *name, size_t name_len,
 
 // --- sending headers and trailers ------------------------------------------
 
-#define MAKE_NV(k, v, vlen)                                              \
-  (nghttp2_nv) {                                                         \
-    (uint8_t *)(k), (uint8_t *)(v), sizeof(k) - 1, (vlen),               \
-        NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE     \
+#define MAKE_NV(k, v, vlen)                                          \
+  (nghttp2_nv) {                                                     \
+    (uint8_t *)(k), (uint8_t *)(v), sizeof(k) - 1, (vlen),           \
+        NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE \
   }
 
-enum { kMaxNv = 64 };
+// Room for our own fields, the status, and VK_MAX_CUSTOM_METADATA entries
+// of custom headers and as many of trailers (add_md enforces that cap).
+enum { kMaxNv = 8 + 2 * VK_MAX_CUSTOM_METADATA };
 
 static size_t add_md_nv(nghttp2_nv *nva, size_t n, const vk_md_t *md) {
   for (; md != NULL && n < kMaxNv; md = md->next) {
     nva[n++] = (nghttp2_nv){(uint8_t *)md->key, (uint8_t *)md->value,
-                            md->key_len, md->value_len,
-                            NGHTTP2_NV_FLAG_NONE};
+                            md->key_len, md->value_len, NGHTTP2_NV_FLAG_NONE};
   }
   return n;
 }
@@ -183,13 +183,12 @@ static size_t add_md_nv(nghttp2_nv *nva, size_t n, const vk_md_t *md) {
 static size_t add_status_nv(vk_call_t *call, nghttp2_nv *nva, size_t n,
                             char *status_buf, size_t status_buf_len) {
   int len = snprintf(status_buf, status_buf_len, "%d", (int)call->status);
-  nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)status_buf,
-                          11, (size_t)len, NGHTTP2_NV_FLAG_NO_COPY_NAME};
+  nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)status_buf, 11,
+                          (size_t)len, NGHTTP2_NV_FLAG_NO_COPY_NAME};
   if (call->status_msg != NULL && call->status_msg[0] != '\0') {
-    nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-message",
-                            (uint8_t *)call->status_msg, 12,
-                            strlen(call->status_msg),
-                            NGHTTP2_NV_FLAG_NO_COPY_NAME};
+    nva[n++] =
+        (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)call->status_msg, 12,
+                     strlen(call->status_msg), NGHTTP2_NV_FLAG_NO_COPY_NAME};
   }
   return add_md_nv(nva, n, call->trailers);
 }
@@ -369,11 +368,11 @@ static void call_cancel(vk_call_t *call, vk_grpc_status_t status,
 
 // An error found by the framework (bad request, limits): the handler, if it
 // started, is cancelled; the client gets `status`.
-static void call_fail(vk_call_t *call, vk_grpc_status_t status,
-                      const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void call_fail(vk_call_t *call, vk_grpc_status_t status, const char *fmt,
+                      ...) __attribute__((format(printf, 3, 4)));
 
-static void call_fail(vk_call_t *call, vk_grpc_status_t status,
-                      const char *fmt, ...) {
+static void call_fail(vk_call_t *call, vk_grpc_status_t status, const char *fmt,
+                      ...) {
   char msg[256];
   va_list ap;
   va_start(ap, fmt);
@@ -384,8 +383,7 @@ static void call_fail(vk_call_t *call, vk_grpc_status_t status,
   call_cancel(call, status, msg);
 }
 
-void vk__call_abort(vk_call_t *call, vk_grpc_status_t status,
-                    const char *msg) {
+void vk__call_abort(vk_call_t *call, vk_grpc_status_t status, const char *msg) {
   call_cancel(call, status, msg);
 }
 
@@ -538,8 +536,8 @@ static void handle_message(vk_call_t *call, int compressed, CBS msg) {
       call_fail(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
       return;
     }
-    int rv = vk_gzip_decompress(&cbb, data, len,
-                                limits(call)->max_message_size);
+    int rv =
+        vk_gzip_decompress(&cbb, data, len, limits(call)->max_message_size);
     if (rv != VK_OK || !CBB_finish(&cbb, &inflated, &len)) {
       CBB_cleanup(&cbb);
       if (rv == VK_ETOOBIG) {
@@ -558,8 +556,8 @@ static void handle_message(vk_call_t *call, int compressed, CBS msg) {
         protobuf_c_message_unpack(call->method->input, NULL, len, data);
     OPENSSL_free(inflated);
     if (req == NULL) {
-      call_fail(call, VK_GRPC_INVALID_ARGUMENT,
-                "request does not parse as %s", type);
+      call_fail(call, VK_GRPC_INVALID_ARGUMENT, "request does not parse as %s",
+                type);
       return;
     }
     if (call->method->on_message != NULL) {
@@ -635,12 +633,20 @@ void vk__call_on_data(vk_call_t *call, const uint8_t *data, size_t len) {
     while (cap < need) {
       cap *= 2;
     }
+    vk_conn_t *c = call->conn;
+    size_t budget = 4 * (size_t)limits(call)->max_message_size;
+    if (c->rbuf_total - call->rbuf_cap + cap > budget) {
+      call_fail(call, VK_GRPC_RESOURCE_EXHAUSTED,
+                "too many large messages in flight on this connection");
+      return;
+    }
     uint8_t *p = realloc(call->rbuf, cap);
     if (p == NULL) {
       call_fail(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
       return;
     }
     call->rbuf = p;
+    c->rbuf_total = c->rbuf_total - call->rbuf_cap + cap;
     call->rbuf_cap = cap;
   }
   memcpy(call->rbuf + call->rbuf_len, data, len);
@@ -653,6 +659,7 @@ void vk__call_on_data(vk_call_t *call, const uint8_t *data, size_t len) {
   call->rbuf_len = CBS_len(&in);
   if (call->rbuf_len == 0 && call->rbuf_cap > 65536) {
     // A long-lived stream keeps no big buffer after a big message.
+    call->conn->rbuf_total -= call->rbuf_cap;
     free(call->rbuf);
     call->rbuf = NULL;
     call->rbuf_cap = 0;
@@ -704,6 +711,7 @@ void vk__call_on_stream_close(vk_call_t *call) {
   }
   call->conn = NULL;
   free_out_queue(call);
+  c->rbuf_total -= call->rbuf_cap;
   free(call->rbuf);
   call->rbuf = NULL;
   call->rbuf_len = call->rbuf_cap = 0;
@@ -771,8 +779,7 @@ bool vk_call_last_message_compressed(const vk_call_t *call) {
 static int add_md(vk_call_t *call, vk_md_t **list, const char *key,
                   const uint8_t *value, size_t len) {
   size_t key_len = strlen(key);
-  if (!vk_metadata_key_valid(key, key_len) ||
-      strncmp(key, "grpc-", 5) == 0) {
+  if (!vk_metadata_key_valid(key, key_len) || strncmp(key, "grpc-", 5) == 0) {
     return VK_EINVAL;
   }
   bool bin = ends_with_bin((const uint8_t *)key, key_len);
@@ -782,6 +789,13 @@ static int add_md(vk_call_t *call, vk_md_t **list, const char *key,
         return VK_EINVAL;
       }
     }
+  }
+  size_t count = 0;
+  for (const vk_md_t *m = *list; m != NULL; m = m->next) {
+    count++;
+  }
+  if (count >= VK_MAX_CUSTOM_METADATA) {
+    return VK_ETOOBIG;
   }
   size_t encoded_len = bin ? (len + 2) / 3 * 4 : len;
   call->resp_md_bytes += key_len + encoded_len + 32;

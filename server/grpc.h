@@ -132,10 +132,15 @@ uint64_t vk_call_deadline_ms(const vk_call_t *call);
 // arrived with the compressed flag set.
 bool vk_call_last_message_compressed(const vk_call_t *call);
 
+// The most custom metadata entries a call sends in its headers, and in its
+// trailers.
+#define VK_MAX_CUSTOM_METADATA 24
+
 // vk_call_add_header adds response metadata sent with the response headers.
 // Keys are lower case; "-bin" values are base64-encoded by the framework.
 // Returns 0, VK_EINVAL for a bad key, VK_ECLOSED when headers already went
-// out or the call is done, VK_ETOOBIG over the metadata cap.
+// out or the call is done, VK_ETOOBIG over the metadata cap (bytes, or
+// VK_MAX_CUSTOM_METADATA entries).
 int vk_call_add_header(vk_call_t *call, const char *key, const uint8_t *value,
                        size_t len);
 

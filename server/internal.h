@@ -88,6 +88,9 @@ struct vk_conn_s {
   vk_call_t *calls;     // open calls, through call->conn_next
   vk_call_t *writable;  // calls waiting for on_writable
   size_t n_streams;
+  // Bytes of partial request messages held by this connection's calls,
+  // capped so that many streams cannot each hold a maximal message.
+  size_t rbuf_total;
 
   uv_write_t write_req;
   uint8_t *write_buf;  // bytes uv_try_write left for uv_write

@@ -1237,10 +1237,10 @@ typedef struct {
   uint32_t page_size;
 } list_t;
 
-// page_token_parse splits a token into its score and key id; false when
+// vk_keys_page_token_parse splits a token into its score and key id; false when
 // malformed. "" starts from the beginning (score "").
-static bool page_token_parse(const char *tok, char score[24],
-                             char key_id[VK_KEY_ID_LEN + 1]) {
+bool vk_keys_page_token_parse(const char *tok, char score[24],
+                              char key_id[VK_KEY_ID_LEN + 1]) {
   score[0] = '\0';
   key_id[0] = '\0';
   if (tok[0] == '\0') {
@@ -1351,7 +1351,8 @@ static void list_authed(vk_call_t *call, const vk_identity_t *who, void *arg) {
   vk_keys_set_identity(kc, who);
   char score[24], after[VK_KEY_ID_LEN + 1];
   const Vkey__V1__PageRequest *page = req->page;
-  if (!page_token_parse(page != NULL ? page->page_token : "", score, after)) {
+  if (!vk_keys_page_token_parse(page != NULL ? page->page_token : "", score,
+                                after)) {
     vk_keys_fail(kc, VK_GRPC_INVALID_ARGUMENT, "page.page_token is not ours");
     return;
   }

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "app.h"
+#include "authorization.h"
 #include "config.h"
 #include "crypto.h"
 #include "embedded.h"
@@ -275,6 +276,7 @@ static int start_services(vk_daemon_t *d) {
       vk_keys_service(&d->app),
       vk_vehicle_service(&d->app),
       vk_verify_service(&d->app),
+      vk_authorization_service(&d->app),
   };
   for (size_t i = 0; i < VK_ARRAY_LEN(services); i++) {
     if (services[i] == NULL) {

@@ -67,7 +67,9 @@ static int grow(vk_router_t *r, size_t need) {
   return VK_OK;
 }
 
-int vk_router_add(vk_router_t *r, const vk_service_t *svc) {
+// Checks a service before anything is inserted, so that a refused service
+// leaves no route behind.
+static int validate_service(const vk_router_t *r, const vk_service_t *svc) {
   if (svc->name == NULL || svc->name[0] == '\0' || svc->n_methods == 0) {
     return VK_EINVAL;
   }
@@ -76,38 +78,62 @@ int vk_router_add(vk_router_t *r, const vk_service_t *svc) {
       return VK_EINVAL;
     }
   }
+  for (size_t i = 0; i < svc->n_methods; i++) {
+    const vk_method_t *m = &svc->methods[i];
+    if (m->name == NULL || m->name[0] == '\0' || m->on_start == NULL) {
+      return VK_EINVAL;
+    }
+    for (size_t j = 0; j < i; j++) {
+      if (strcmp(svc->methods[j].name, m->name) == 0) {
+        return VK_EINVAL;
+      }
+    }
+  }
+  return VK_OK;
+}
+
+int vk_router_add(vk_router_t *r, const vk_service_t *svc) {
+  int rv = validate_service(r, svc);
+  if (rv != VK_OK) {
+    return rv;
+  }
   const vk_service_t **services =
       realloc(r->services, (r->n_services + 1) * sizeof(*services));
   if (services == NULL) {
     return VK_ENOMEM;
   }
   r->services = services;
-  int rv = grow(r, r->n_routes + svc->n_methods);
+  rv = grow(r, r->n_routes + svc->n_methods);
   if (rv != VK_OK) {
     return rv;
   }
+  // Build every path first: an allocation failure then changes nothing.
+  char **paths = calloc(svc->n_methods, sizeof(*paths));
+  if (paths == NULL) {
+    return VK_ENOMEM;
+  }
   for (size_t i = 0; i < svc->n_methods; i++) {
-    const vk_method_t *m = &svc->methods[i];
-    if (m->name == NULL || m->name[0] == '\0' || m->on_start == NULL) {
-      return VK_EINVAL;
-    }
-    size_t len = strlen(svc->name) + strlen(m->name) + 2;
-    char *path = malloc(len + 1);
-    if (path == NULL) {
+    size_t len = strlen(svc->name) + strlen(svc->methods[i].name) + 2;
+    paths[i] = malloc(len + 1);
+    if (paths[i] == NULL) {
+      for (size_t j = 0; j < i; j++) {
+        free(paths[j]);
+      }
+      free(paths);
       return VK_ENOMEM;
     }
-    snprintf(path, len + 1, "/%s/%s", svc->name, m->name);
-    vk_route_t *slot = find_slot(r->slots, r->n_slots, path, len);
-    if (slot->path != NULL) {
-      free(path);
-      return VK_EINVAL;
-    }
-    slot->path = path;
+    snprintf(paths[i], len + 1, "/%s/%s", svc->name, svc->methods[i].name);
+  }
+  for (size_t i = 0; i < svc->n_methods; i++) {
+    size_t len = strlen(paths[i]);
+    vk_route_t *slot = find_slot(r->slots, r->n_slots, paths[i], len);
+    slot->path = paths[i];
     slot->path_len = len;
     slot->service = svc;
-    slot->method = m;
+    slot->method = &svc->methods[i];
     r->n_routes++;
   }
+  free(paths);
   r->services[r->n_services++] = svc;
   return VK_OK;
 }

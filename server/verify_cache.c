@@ -128,8 +128,7 @@ bool vk_verify_cache_status_get(vk_verify_cache_t *c, const char *key_id,
   return true;
 }
 
-uint64_t vk_verify_cache_stamp(const vk_verify_cache_t *c,
-                               const char *key_id) {
+uint64_t vk_verify_cache_stamp(const vk_verify_cache_t *c, const char *key_id) {
   if (!c->feed_up || strlen(key_id) != VK_KEY_ID_LEN) {
     return 0;
   }
@@ -150,8 +149,8 @@ void vk_verify_cache_status_put(vk_verify_cache_t *c, const char *key_id,
   e->stamp = stamp;
 }
 
-void vk_verify_cache_invalidate_vehicle(vk_verify_cache_t *c,
-                                        const char *vin, size_t vin_len) {
+void vk_verify_cache_invalidate_vehicle(vk_verify_cache_t *c, const char *vin,
+                                        size_t vin_len) {
   if (vin_len == VK_VIN_LEN) {
     *vehicle_gen(c, vin) = ++c->clock;
   }

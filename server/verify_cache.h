@@ -54,8 +54,8 @@ uint64_t vk_verify_cache_stamp(const vk_verify_cache_t *c, const char *key_id);
 void vk_verify_cache_status_put(vk_verify_cache_t *c, const char *key_id,
                                 const vk_key_state_t *state, uint64_t stamp);
 // Drops every cached status of vehicle `vin`.
-void vk_verify_cache_invalidate_vehicle(vk_verify_cache_t *c,
-                                        const char *vin, size_t vin_len);
+void vk_verify_cache_invalidate_vehicle(vk_verify_cache_t *c, const char *vin,
+                                        size_t vin_len);
 // The feed was confirmed (true) or lost (false): either way every cached
 // status is dropped, since notifications may have been missed.
 void vk_verify_cache_feed_state(vk_verify_cache_t *c, bool up);

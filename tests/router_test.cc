@@ -100,11 +100,8 @@ TEST_F(RouterTest, DuplicateMethodRefused) {
   EXPECT_EQ(vk_router_add(&r_, &svc), VK_EINVAL);
 }
 
-// A service refused for a duplicate method should leave nothing behind, but
-// router.c inserts routes one by one and returns VK_EINVAL mid-way, so the
-// methods before the duplicate stay routed to a service the caller was told
-// was refused. Disabled until router.c validates before inserting.
-TEST_F(RouterTest, DISABLED_RefusedServiceLeavesNoRoutes) {
+// A service refused for a duplicate method leaves nothing behind.
+TEST_F(RouterTest, RefusedServiceLeavesNoRoutes) {
   const vk_method_t methods[] = {Method("A"), Method("A")};
   vk_service_t svc = Service("p.Dup", methods, 2);
   ASSERT_EQ(vk_router_add(&r_, &svc), VK_EINVAL);
