@@ -23,6 +23,7 @@ typedef struct vk_token_cache_s vk_token_cache_t;
 typedef struct vk_hub_s vk_hub_t;
 typedef struct vk_sessions_s vk_sessions_t;
 typedef struct vk_verify_cache_s vk_verify_cache_t;
+typedef struct vk_ratelimit_s vk_ratelimit_t;
 
 typedef struct vk_app_s {
   uv_loop_t *loop;
@@ -39,6 +40,8 @@ typedef struct vk_app_s {
   vk_hub_t *hub;            // vehicles with an open channel on this instance
   vk_sessions_t *sessions;  // vehicle sessions (session.c)
   vk_verify_cache_t *verify_cache;  // token signatures, key status (verify)
+  vk_ratelimit_t *vehicle_limit;    // verifications per vehicle
+  vk_ratelimit_t *caller_limit;     // verifications per caller
 } vk_app_t;
 
 #ifdef __cplusplus

@@ -779,7 +779,11 @@ bool vk_call_last_message_compressed(const vk_call_t *call) {
 static int add_md(vk_call_t *call, vk_md_t **list, const char *key,
                   const uint8_t *value, size_t len) {
   size_t key_len = strlen(key);
-  if (!vk_metadata_key_valid(key, key_len) || strncmp(key, "grpc-", 5) == 0) {
+  // grpc-retry-pushback-ms is the one reserved key a handler sets: the
+  // standard retry hint of an overloaded server.
+  if (!vk_metadata_key_valid(key, key_len) ||
+      (strncmp(key, "grpc-", 5) == 0 &&
+       strcmp(key, "grpc-retry-pushback-ms") != 0)) {
     return VK_EINVAL;
   }
   bool bin = ends_with_bin((const uint8_t *)key, key_len);

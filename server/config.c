@@ -29,6 +29,8 @@ enum {
   OPT_SEND_QUEUE,
   OPT_LOG_LEVEL,
   OPT_SIGNING_KEY,
+  OPT_RATE_VEHICLE,
+  OPT_RATE_CALLER,
   OPT_IDENTITY_PUB,
   OPT_HELP,
   OPT_VERSION,
@@ -53,6 +55,8 @@ static const struct option kOptions[] = {
     {"send-queue", required_argument, NULL, OPT_SEND_QUEUE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"signing-key", required_argument, NULL, OPT_SIGNING_KEY},
+    {"rate-vehicle", required_argument, NULL, OPT_RATE_VEHICLE},
+    {"rate-caller", required_argument, NULL, OPT_RATE_CALLER},
     {"identity-issuer-pub", required_argument, NULL, OPT_IDENTITY_PUB},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
@@ -85,6 +89,10 @@ static void usage(FILE *f) {
       "                           development issuer: "
       "DATA/identity-issuer.key]\n"
       "  --workers N              signature worker threads [CPUs]\n"
+      "  --rate-vehicle N         verifications per second per vehicle,\n"
+      "                           per instance; 0 turns it off [100]\n"
+      "  --rate-caller N          verifications per second per caller\n"
+      "                           (vehicle or service), per instance [100000]\n"
       "  --max-streams N          concurrent streams per connection [100]\n"
       "  --max-header-list BYTES  request metadata per call [16384]\n"
       "  --max-message BYTES      one gRPC message [4194304]\n"
@@ -151,6 +159,8 @@ static void defaults(vk_config_t *c) {
   c->drain_timeout_ms = 5000;
   c->redis_timeout_ms = 2000;
   c->log_level = VK_LOG_INFO;
+  c->rate_vehicle = 100;
+  c->rate_caller = 100000;
   vk_server_limits_default(&c->limits);
 }
 
@@ -171,6 +181,8 @@ static const num_opt_t kNumOpts[] = {
     {OPT_DRAIN_TIMEOUT, "--drain-timeout", 0, 3600u * 1000},
     {OPT_REDIS_TIMEOUT, "--redis-timeout", 10, 3600u * 1000},
     {OPT_SEND_QUEUE, "--send-queue", 1024, 1u << 30},
+    {OPT_RATE_VEHICLE, "--rate-vehicle", 0, 10000000},
+    {OPT_RATE_CALLER, "--rate-caller", 0, 100000000},
 };
 
 static uint32_t *num_field(vk_config_t *c, int opt) {
@@ -193,6 +205,10 @@ static uint32_t *num_field(vk_config_t *c, int opt) {
       return &c->redis_timeout_ms;
     case OPT_SEND_QUEUE:
       return &c->limits.send_queue_bytes;
+    case OPT_RATE_VEHICLE:
+      return &c->rate_vehicle;
+    case OPT_RATE_CALLER:
+      return &c->rate_caller;
     default:
       return NULL;
   }

@@ -31,6 +31,8 @@ typedef struct vk_config_s {
   uint32_t drain_timeout_ms;
   uint32_t redis_timeout_ms;
   vk_log_level_t log_level;
+  uint32_t rate_vehicle;  // verifications per second per vehicle; 0: off
+  uint32_t rate_caller;   // verifications per second per caller; 0: off
   vk_server_limits_t limits;
 } vk_config_t;
 

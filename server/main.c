@@ -21,6 +21,7 @@
 #include "keys.h"
 #include "log.h"
 #include "redis.h"
+#include "ratelimit.h"
 #include "reflection.h"
 #include "registry.h"
 #include "server.h"
@@ -105,6 +106,10 @@ static void release_all(vk_daemon_t *d) {
   d->app.sessions = NULL;
   vk_verify_cache_free(d->app.verify_cache);
   d->app.verify_cache = NULL;
+  vk_ratelimit_free(d->app.vehicle_limit);
+  d->app.vehicle_limit = NULL;
+  vk_ratelimit_free(d->app.caller_limit);
+  d->app.caller_limit = NULL;
   vk_ed25519_key_cleanse(&d->app.signing_key);
   SSL_CTX_free(d->tls);
   d->tls = NULL;
@@ -240,6 +245,15 @@ static int load_keys(vk_daemon_t *d) {
   }
   if (rv == VK_OK) {
     rv = vk_verify_cache_new(&d->app.verify_cache, 65536, 65536);
+  }
+  // Bursts of twice the rate: a vehicle checking several keys at once.
+  if (rv == VK_OK) {
+    rv = vk_ratelimit_new(&d->app.vehicle_limit, d->cfg.rate_vehicle,
+                          2.0 * d->cfg.rate_vehicle, 65536);
+  }
+  if (rv == VK_OK) {
+    rv = vk_ratelimit_new(&d->app.caller_limit, d->cfg.rate_caller,
+                          2.0 * d->cfg.rate_caller, 16384);
   }
   return rv;
 }

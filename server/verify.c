@@ -25,6 +25,7 @@
 #include "identity.h"
 #include "keytoken.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "session.h"
 #include "store.h"
 #include "verify_cache.h"
@@ -614,22 +615,56 @@ typedef void (*authed_fn)(vk_call_t *call, void *arg);
 typedef struct {
   authed_fn next;
   void *arg;
+  const char *vin;
+  size_t cost;  // rate-limit tokens: the number of items
 } auth_step_t;
+
+// The per-vehicle and per-caller rate limits. A refusal carries the
+// standard gRPC retry hint, grpc-retry-pushback-ms, in its trailers.
+static bool admit(vk_call_t *call, const auth_step_t *s, const char *caller) {
+  vk_app_t *app = app_of(call);
+  uint64_t now = vk_now_ms();
+  uint64_t retry_ms = 0;
+  const char *which = NULL;
+  if (!vk_ratelimit_take(app->vehicle_limit, s->vin, (double)s->cost, now,
+                         &retry_ms)) {
+    which = "this vehicle";
+  } else if (!vk_ratelimit_take(app->caller_limit, caller, (double)s->cost, now,
+                                &retry_ms)) {
+    which = "this caller";
+  }
+  if (which == NULL) {
+    return true;
+  }
+  char hint[24], msg[96];
+  int n = snprintf(hint, sizeof(hint), "%llu", (unsigned long long)retry_ms);
+  vk_call_add_trailer(call, "grpc-retry-pushback-ms", (const uint8_t *)hint,
+                      (size_t)n);
+  snprintf(msg, sizeof(msg), "rate limit of %s reached; retry in %llu ms",
+           which, (unsigned long long)retry_ms);
+  vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, msg);
+  return false;
+}
 
 static void after_session(vk_call_t *call, bool ok, void *arg) {
   auth_step_t *s = arg;
-  if (ok) {
+  char caller[VK_VIN_LEN + 9];
+  snprintf(caller, sizeof(caller), "vehicle:%s", s->vin);
+  if (ok && admit(call, s, caller)) {
     s->next(call, s->arg);
   }
 }
 
 static void after_bearer(vk_call_t *call, const vk_identity_t *who, void *arg) {
-  (void)who;
   auth_step_t *s = arg;
-  s->next(call, s->arg);
+  char caller[VK_SUBJECT_MAX + 10];
+  snprintf(caller, sizeof(caller), "service:%s", who->subject);
+  if (admit(call, s, caller)) {
+    s->next(call, s->arg);
+  }
 }
 
-static void authenticate(vk_call_t *call, const char *vin,
+static void authenticate(vk_call_t *call, const char *vin, size_t cost,
                          const ProtobufCMessage *req, authed_fn next,
                          void *arg) {
   auth_step_t *s = vk_call_alloc(call, sizeof(*s));
@@ -639,6 +674,8 @@ static void authenticate(vk_call_t *call, const char *vin,
   }
   s->next = next;
   s->arg = arg;
+  s->vin = vin;
+  s->cost = cost;
   if (vk_session_has_auth(call)) {
     vk_session_auth(app_of(call), call, vin, req, after_session, s);
   } else {
@@ -690,7 +727,7 @@ static void verify_key_start(vk_call_t *call, const ProtobufCMessage *msg) {
   Vkey__V1__VerifyKeyItem *item = req->item;
   verify_req_t *r = new_request(call, req->vin, &item, item ? 1 : 0, false);
   if (r != NULL) {
-    authenticate(call, req->vin, msg, start_verify, r);
+    authenticate(call, req->vin, 1, msg, start_verify, r);
   }
 }
 
@@ -699,7 +736,7 @@ static void verify_keys_start(vk_call_t *call, const ProtobufCMessage *msg) {
       (const Vkey__V1__VerifyKeysRequest *)msg;
   verify_req_t *r = new_request(call, req->vin, req->items, req->n_items, true);
   if (r != NULL) {
-    authenticate(call, req->vin, msg, start_verify, r);
+    authenticate(call, req->vin, req->n_items, msg, start_verify, r);
   }
 }
 
@@ -861,7 +898,7 @@ static void check_status_start(vk_call_t *call, const ProtobufCMessage *msg) {
   s->call = call;
   s->app = app_of(call);
   s->req = req;
-  authenticate(call, req->vin, msg, check_status_authed, s);
+  authenticate(call, req->vin, req->n_key_ids, msg, check_status_authed, s);
 }
 
 static const vk_method_t kMethods[] = {

@@ -366,6 +366,60 @@ class VerifyTest(vkharness.ServerTestCase):
         self.assertEqual(res.decision, R.DECISION_DENY)
 
 
+class RateLimitTest(vkharness.ServerTestCase):
+    """Per-vehicle and per-caller limits: RESOURCE_EXHAUSTED + retry hint."""
+
+    def run_until_limited(self, vin_of_item, count=40):
+        vkeyd = self.vkeyd
+        limited = None
+        allowed = 0
+        for i in range(count):
+            vin = vin_of_item(i)
+            rec = self.recs[vin]
+            try:
+                self.fleet.verify.VerifyKey(
+                    R.VerifyKeyRequest(vin=vin,
+                                       item=item(rec, self.phone, vin=vin)),
+                    metadata=self.fleet.op_md, timeout=10)
+                allowed += 1
+            except grpc.RpcError as e:
+                limited = e
+                break
+        self.assertIsNotNone(limited, f"{vkeyd.name}: never limited")
+        self.assertEqual(limited.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        hint = dict(limited.trailing_metadata()).get("grpc-retry-pushback-ms")
+        self.assertIsNotNone(hint, "no retry hint in the trailers")
+        self.assertGreater(int(hint), 0)
+        return allowed, limited
+
+    def setup_fleet(self, *flags):
+        self.vkeyd = self.start_vkeyd(*flags)
+        self.fleet = Fleet(self, self.vkeyd,
+                           os.path.join(self.workdir, "vkeyd-data"))
+        self.fleet.setup()
+        self.phone = vkcreds.Ed25519Key()
+        self.recs = {vin: self.fleet.apply(self.phone, vin=vin)
+                     for vin in (VIN1, VIN2)}
+
+    def test_per_vehicle_limit(self):
+        self.setup_fleet("--rate-vehicle", "3")
+        allowed, e = self.run_until_limited(lambda i: VIN1)
+        self.assertIn("vehicle", e.details())
+        self.assertGreaterEqual(allowed, 3)  # the burst is let through
+        # Another vehicle is not affected.
+        res = self.fleet.verify.VerifyKey(
+            R.VerifyKeyRequest(vin=VIN2,
+                               item=item(self.recs[VIN2], self.phone,
+                                         vin=VIN2)),
+            metadata=self.fleet.op_md, timeout=10).result
+        self.assertEqual(res.decision, R.DECISION_ALLOW)
+
+    def test_per_caller_limit(self):
+        self.setup_fleet("--rate-vehicle", "0", "--rate-caller", "3")
+        _, e = self.run_until_limited(lambda i: (VIN1, VIN2)[i % 2])
+        self.assertIn("caller", e.details())
+
+
 class TwoInstanceTest(vkharness.ServerTestCase):
     """Two vkeyd on one Redis, sharing the signing and issuer keys."""
 
