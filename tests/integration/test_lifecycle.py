@@ -15,16 +15,22 @@ embedded redis-server, as a user types it.
 
 import base64
 import json
+import os
+import queue
+import signal
+import subprocess
+import threading
 import unittest
 
 import vkharness  # noqa: F401  (grafts the generated stubs first)
 
 import vkcreds
 from vkey.v1 import common_pb2
-from test_vkeyctl import VkeyctlMixin
+from test_vkeyctl import VKEYCTL, VkeyctlMixin
 
 VIN = "WVWZZZ1JZXW000001"
 OFFLINE_VIN = "WVWZZZ1JZXW000002"
+WAIT = 30  # seconds to wait for a --follow line (a bound, not a timing)
 POLICY = {
     "sharing_allowed": True,
     "holder_may_revoke_own": True,
@@ -206,6 +212,55 @@ class LifecycleTest(VkeyctlMixin, vkharness.ServerTestCase):
         # Exactly once: nothing comes again.
         self.assertEqual(self.sync(OFFLINE_VIN, car, vstore), [])
         self.assertPrivate(vstore)
+
+    def test_follow_keeps_the_store_in_sync(self):
+        car, phone_key = self.path("car3.key"), self.path("alice.key")
+        vstore = self.path("car3.json")
+        self.run_ctl("register-user", "alice")
+        self.register(VIN, car)
+        self.run_ctl("phone-keygen", "--out", phone_key)
+
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("VKEY_")}
+        env.update(HOME=self.workdir, VKEY_PYTHON_STUBS=os.path.abspath(
+            vkharness.GEN_PYTHON))
+        follower = subprocess.Popen(
+            [VKEYCTL, "--server", self.vkeyd.target, "vehicle-sync", VIN,
+             "--vehicle-key", car, "--store", vstore, "--follow"],
+            env=env, cwd=self.workdir, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        lines = queue.Queue()
+
+        def read():
+            for line in follower.stdout:
+                lines.put(line.rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            key_id = self.run_ctl("apply", "--as", "alice", "--vin", VIN,
+                                  "--phone-key", phone_key).stdout.strip()
+            self.assertEqual(lines.get(timeout=WAIT),
+                             f"seq 1 ISSUED {key_id} v1 active")
+            self.run_ctl("manage", key_id, "suspend", "--as", "alice")
+            self.assertEqual(lines.get(timeout=WAIT),
+                             f"seq 2 SUSPENDED {key_id} v1 suspended")
+            self.assertEqual(self.store("car3.json")["keys"][key_id]["status"],
+                             "suspended")
+        finally:
+            follower.send_signal(signal.SIGTERM)
+            try:
+                rc = follower.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                follower.kill()
+                follower.wait()
+                raise
+        self.assertEqual(rc, 0, follower.stderr.read())
+        follower.stdout.close()
+        follower.stderr.close()
+        self.assertPrivate(vstore)
+        # Everything it printed was acknowledged: nothing comes again.
+        self.assertEqual(self.sync(VIN, car, vstore), [])
 
 
 if __name__ == "__main__":
