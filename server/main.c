@@ -333,11 +333,12 @@ static int start_listeners(vk_daemon_t *d) {
            d->cfg.data_dir);
   }
   printf(
-      "Call it with any gRPC client; it serves reflection, so no .proto is\n"
-      "needed. For example:\n"
-      "  /usr/bin/python3 deploy/vkcall.py %s:%d list\n"
-      "  /usr/bin/python3 deploy/vkcall.py %s:%d "
-      "grpc.health.v1.Health/Check '{}'\n"
+      "Call it with any gRPC client (it serves reflection, so no .proto is\n"
+      "needed), or with vkeyctl, for example:\n"
+      "  ./deploy/vkeyctl --server %s:%d health\n"
+      "  ./deploy/vkeyctl --server %s:%d call grpc.health.v1.Health/Check "
+      "'{}'\n"
+      "The README's quickstart walks through a key's whole life.\n"
       "Stop with Ctrl-C or SIGTERM: in-flight calls finish first.\n",
       d->cfg.listen_host, port, d->cfg.listen_host, port);
   fflush(stdout);
