@@ -13,6 +13,7 @@ PACKAGES="
   grpc-proto python3-grpcio python3-protobuf protobuf-compiler-grpc ruby-grpc
   python3-cryptography
   nghttp2-client nghttp2-server
+  qrencode
 "
 
 missing=""

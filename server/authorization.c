@@ -734,8 +734,7 @@ static bool check_party(vk_keys_call_t *kc, const char *veh, size_t veh_len,
   return true;
 }
 
-// --- Authorize
-// -----------------------------------------------------------------
+// --- Authorize ---------------------------------------------------------------
 
 typedef struct {
   vk_keys_call_t kc;  // first: the helpers' callbacks recover the state
@@ -1254,8 +1253,7 @@ static void authorize_write(authorize_t *a) {
   vk_keys_eval(kc, &s_authorize_write, authorize_written);
 }
 
-// --- Redeem
-// --------------------------------------------------------------------
+// --- Redeem ------------------------------------------------------------------
 
 typedef struct {
   vk_keys_call_t kc;
@@ -1815,7 +1813,7 @@ static void redeem_write(redeem_t *r) {
   vk_keys_eval(kc, &s_redeem_write, redeem_written);
 }
 
-// --- CancelGrant and RevokeGrant -------------------------------------------
+// --- CancelGrant and RevokeGrant ---------------------------------------------
 
 typedef struct {
   vk_keys_call_t kc;
@@ -2088,8 +2086,7 @@ static void gmanage_write(gmanage_t *m) {
                gmanage_written);
 }
 
-// --- ListGrants
-// ----------------------------------------------------------------
+// --- ListGrants --------------------------------------------------------------
 
 typedef struct {
   vk_keys_call_t kc;
@@ -2209,8 +2206,7 @@ static void glist_start(vk_call_t *call, const ProtobufCMessage *msg) {
   vk_auth_bearer(l->kc.app, call, VK_ROLE_USER, true, glist_authed, l);
 }
 
-// --- the service
-// -----------------------------------------------------------------
+// --- the service -------------------------------------------------------------
 
 static const vk_method_t auth_methods[] = {
     {

@@ -447,8 +447,7 @@ void vk_keys_eval(vk_keys_call_t *kc, vk_keys_script_t *script,
   }
 }
 
-// --- reply parsing
-// -------------------------------------------------------------
+// --- reply parsing -----------------------------------------------------------
 
 // vk_keys_reply_str returns element `i` of an array reply as a string (and its
 // length), or NULL when it is missing or not a string.
@@ -506,8 +505,7 @@ bool vk_keys_reply_i64(const redisReply *reply, size_t i, int64_t dflt,
   return true;
 }
 
-// --- rules shared by ApplyKey and ManageKey
-// --------------------------------------
+// --- rules shared by ApplyKey and ManageKey ----------------------------------
 
 // vk_keys_policy_parse decodes a vehicle's stored KeyPolicy into the call's
 // arena. `raw` empty: no policy (NULL, true). False when it does not parse.
@@ -737,8 +735,7 @@ bool vk_keys_issue_finish(vk_keys_call_t *kc, vk_keys_issue_t *k,
   return true;
 }
 
-// --- GetIssuerKeys
-// ---------------------------------------------------------------
+// --- GetIssuerKeys -----------------------------------------------------------
 
 static void issuers_read(vk_redis_t *r, int status, const redisReply *reply,
                          void *priv) {
@@ -1120,8 +1117,7 @@ static void apply_write(apply_t *a) {
   vk_keys_eval(kc, &s_apply_write, apply_written);
 }
 
-// --- GetKey
-// --------------------------------------------------------------------
+// --- GetKey ------------------------------------------------------------------
 
 typedef struct {
   vk_keys_call_t kc;
@@ -1237,8 +1233,8 @@ typedef struct {
   uint32_t page_size;
 } list_t;
 
-// vk_keys_page_token_parse splits a token into its score and key id; false when
-// malformed. "" starts from the beginning (score "").
+// vk_keys_page_token_parse (keys_internal.h) splits a token into its score
+// and key id; false when malformed. "" starts from the beginning.
 bool vk_keys_page_token_parse(const char *tok, char score[24],
                               char key_id[VK_KEY_ID_LEN + 1]) {
   score[0] = '\0';
@@ -1411,8 +1407,7 @@ static void list_start(vk_call_t *call, const ProtobufCMessage *msg) {
   vk_auth_bearer(l->kc.app, call, VK_ROLE_USER, true, list_authed, l);
 }
 
-// --- ManageKey (S270-S280)
-// -----------------------------------------------------
+// --- ManageKey (S270-S280) ---------------------------------------------------
 
 typedef struct {
   vk_keys_call_t kc;
@@ -1810,8 +1805,7 @@ static void manage_write(manage_t *m) {
   vk_keys_eval(kc, &s_manage_write, manage_written);
 }
 
-// --- the service
-// -----------------------------------------------------------------
+// --- the service -------------------------------------------------------------
 
 static const vk_method_t keys_methods[] = {
     {

@@ -6,7 +6,9 @@
 //                  own (user credential; user_id must be the caller). The
 //                  user and the vehicle must exist and be active and the
 //                  vehicle's key policy must allow the key (max keys per
-//                  type, grantable functions for non-owner types). The key
+//                  type, where the per-function keys of one grant from
+//                  AuthorizationService count once; grantable functions
+//                  for non-owner types). The key
 //                  is signed (keytoken.h), stored, and queued in the
 //                  vehicle's outbox in one Redis script; request_id makes a
 //                  retry return the first result.

@@ -87,7 +87,7 @@ extern "C" {
   "  redis.call('ZADD', user_index, now_ms, id)\n"                           \
   "end\n"
 
-// --- scripts ---------------------------------------------------------------
+// --- scripts -----------------------------------------------------------------
 
 // A Lua script and its hex SHA-1, for EVALSHA.
 typedef struct vk_keys_script_s {
@@ -117,12 +117,12 @@ struct vk_keys_call_s {
   const char *op;  // the method, for the audit trail
   vk_identity_t who;
   bool mutating;  // every refusal of a mutating method is audited
-  char actor[VK_AUDIT_ACTOR_MAX];  // "user:<id>" or "operator:<name>"
-  char vin[VK_VIN_LEN + 1];        // "" until a valid VIN is known
-  bool vin_registered;             // a read found the vehicle
-  char key_id[VK_KEY_ID_LEN + 1];  // "" unless the call is about one key
+  char actor[VK_AUDIT_ACTOR_MAX];    // "user:<id>" or "operator:<name>"
+  char vin[VK_VIN_LEN + 1];          // "" until a valid VIN is known
+  bool vin_registered;               // a read found the vehicle
+  char key_id[VK_KEY_ID_LEN + 1];    // "" unless the call is about one key
   char grant_id[VK_KEY_ID_LEN + 1];  // "" unless it is about a grant
-  int64_t now_ms;                  // the time of the current attempt
+  int64_t now_ms;                    // the time of the current attempt
   // The EVAL in flight: kept so that a NOSCRIPT answer can resend it.
   const vk_keys_script_t *script;
   vk_keys_reply_fn on_reply;
@@ -170,8 +170,7 @@ void vk_keys_unavailable(vk_keys_call_t *kc, int status,
 // them. NULL when out of memory.
 char *vk_keys_dup(vk_keys_call_t *kc, const void *p, size_t len);
 
-// --- EVAL
-// ----------------------------------------------------------------------
+// --- EVAL --------------------------------------------------------------------
 // Collect arguments between vk_keys_args_begin and vk_keys_eval: every KEYS
 // entry first (vk_keys_arg_key), then ARGV. Arguments must stay valid until
 // the reply (a NOSCRIPT answer resends them): strings in the call's arena or
@@ -191,8 +190,7 @@ void vk_keys_arg_i64(vk_keys_call_t *kc, int64_t v);
 void vk_keys_eval(vk_keys_call_t *kc, vk_keys_script_t *script,
                   vk_keys_reply_fn on_reply);
 
-// --- replies
-// -------------------------------------------------------------------
+// --- replies -----------------------------------------------------------------
 
 // vk_keys_reply_str returns element `i` of an array reply as a string (and
 // its length in *out_len, which may be NULL), or NULL when it is missing or
@@ -234,7 +232,7 @@ bool vk_keys_page_token_parse(const char *tok, char score[24],
 bool vk_keys_pack(vk_keys_call_t *kc, const ProtobufCMessage *msg,
                   ProtobufCBinaryData *out);
 
-// --- the vehicle's key policy ----------------------------------------------
+// --- the vehicle's key policy ------------------------------------------------
 
 // vk_keys_policy_parse decodes a stored KeyPolicy into the call's arena:
 // `len` 0 means no policy (*out NULL, true). False when it does not parse.
@@ -250,8 +248,7 @@ uint32_t vk_keys_policy_max_keys(const Vkey__V1__KeyPolicy *p, int type);
 // granted to non-owner keys: every function when `p` is NULL or lists none.
 vk_function_mask_t vk_keys_policy_grantable(const Vkey__V1__KeyPolicy *p);
 
-// --- issuing a key
-// ---------------------------------------------------------------
+// --- issuing a key -----------------------------------------------------------
 
 // What a new key is made of.
 typedef struct vk_keys_issue_params_s {
