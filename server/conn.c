@@ -244,8 +244,8 @@ static bool write_bytes(vk_conn_t *c, const uint8_t *data, size_t len) {
   }
   memcpy(c->write_buf, data + done, len - done);
   buf = uv_buf_init((char *)c->write_buf, (unsigned)(len - done));
-  if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1,
-               conn_on_write) != 0) {
+  if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, conn_on_write) !=
+      0) {
     vk__conn_close(c);
     return false;
   }

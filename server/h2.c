@@ -31,9 +31,8 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame,
 }
 
 static int on_header(nghttp2_session *h2, const nghttp2_frame *frame,
-                     const uint8_t *name, size_t name_len,
-                     const uint8_t *value, size_t value_len, uint8_t flags,
-                     void *user_data) {
+                     const uint8_t *name, size_t name_len, const uint8_t *value,
+                     size_t value_len, uint8_t flags, void *user_data) {
   (void)flags;
   (void)user_data;
   if (frame->hd.type != NGHTTP2_HEADERS) {
@@ -145,10 +144,9 @@ int vk__h2_callbacks_new(nghttp2_session_callbacks **out) {
                                                           on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
-  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
-      cbs, on_data_chunk_recv);
-  nghttp2_session_callbacks_set_on_stream_close_callback(cbs,
-                                                         on_stream_close);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs,
+                                                            on_data_chunk_recv);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
   nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(
       cbs, on_invalid_frame_recv);
@@ -158,8 +156,8 @@ int vk__h2_callbacks_new(nghttp2_session_callbacks **out) {
 
 int vk__h2_session_new(vk_conn_t *c) {
   vk_server_t *s = c->server;
-  if (nghttp2_session_server_new2(&c->h2, s->h2_callbacks, c,
-                                  s->h2_option) != 0) {
+  if (nghttp2_session_server_new2(&c->h2, s->h2_callbacks, c, s->h2_option) !=
+      0) {
     return VK_ENOMEM;
   }
   // Our SETTINGS: the stream cap, the header list cap, and windows large
@@ -171,8 +169,8 @@ int vk__h2_session_new(vk_conn_t *c) {
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->limits.max_header_list_size},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20},
   };
-  if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv,
-                              VK_ARRAY_LEN(iv)) != 0 ||
+  if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, VK_ARRAY_LEN(iv)) !=
+          0 ||
       nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0,
                                             16 << 20) != 0) {
     nghttp2_session_del(c->h2);

@@ -168,8 +168,8 @@ TEST(Arena, ProtobufAllocator) {
 
   size_t before = a.total;
   Grpc__Health__V1__HealthCheckRequest *got =
-      grpc__health__v1__health_check_request__unpack(&a.allocator,
-                                                    wire.size(), wire.data());
+      grpc__health__v1__health_check_request__unpack(&a.allocator, wire.size(),
+                                                     wire.data());
   ASSERT_NE(got, nullptr);
   EXPECT_EQ(std::string(got->service), name);
   EXPECT_GT(a.total, before);  // the strings came from the arena

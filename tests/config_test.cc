@@ -28,8 +28,8 @@ class Parse {
     size_t err_len = 0;
     FILE *info = open_memstream(&info_buf, &info_len);
     FILE *err = open_memstream(&err_buf, &err_len);
-    rv = vk_config_parse(&cfg, static_cast<int>(argv_.size() - 1),
-                         argv_.data(), info, err);
+    rv = vk_config_parse(&cfg, static_cast<int>(argv_.size() - 1), argv_.data(),
+                         info, err);
     fclose(info);
     fclose(err);
     out = info_buf != nullptr ? info_buf : "";
@@ -73,15 +73,23 @@ TEST(Config, Defaults) {
 }
 
 TEST(Config, EveryFlag) {
-  Parse p({"--listen", "0.0.0.0:6000", "--tls-listen", "[::1]:6443",
-           "--tls-cert", "c.pem", "--tls-key", "k.pem", "--redis",
-           "redis://127.0.0.1:7000", "--data-dir", "/tmp/d",
-           "--redis-server", "/usr/bin/redis-server", "--workers", "3",
-           "--max-streams", "7", "--max-header-list", "2048",
-           "--max-message", "1000", "--max-connections", "3",
-           "--idle-timeout", "300", "--drain-timeout", "500",
-           "--redis-timeout", "750", "--send-queue", "4096",
-           "--log-level", "debug"});
+  Parse p({"--listen",          "0.0.0.0:6000",
+           "--tls-listen",      "[::1]:6443",
+           "--tls-cert",        "c.pem",
+           "--tls-key",         "k.pem",
+           "--redis",           "redis://127.0.0.1:7000",
+           "--data-dir",        "/tmp/d",
+           "--redis-server",    "/usr/bin/redis-server",
+           "--workers",         "3",
+           "--max-streams",     "7",
+           "--max-header-list", "2048",
+           "--max-message",     "1000",
+           "--max-connections", "3",
+           "--idle-timeout",    "300",
+           "--drain-timeout",   "500",
+           "--redis-timeout",   "750",
+           "--send-queue",      "4096",
+           "--log-level",       "debug"});
   ASSERT_EQ(p.rv, VK_OK) << p.error;
   EXPECT_STREQ(p.cfg.listen_host, "0.0.0.0");
   EXPECT_EQ(p.cfg.listen_port, 6000);
@@ -243,10 +251,10 @@ TEST(HostPort, Valid) {
 }
 
 TEST(HostPort, Invalid) {
-  for (const char *s : {"127.0.0.1", "127.0.0.1:", ":50051", "", ":",
-                        "host:70000", "host:65536", "host:-1", "host:80x",
-                        "host:99999999999999999999", "[::1:50051", "[]:80",
-                        "[::1]50051x"}) {
+  for (const char *s :
+       {"127.0.0.1", "127.0.0.1:", ":50051", "", ":", "host:70000",
+        "host:65536", "host:-1", "host:80x", "host:99999999999999999999",
+        "[::1:50051", "[]:80", "[::1]50051x"}) {
     HostPort r = Split(s);
     EXPECT_EQ(r.rv, VK_EINVAL) << "'" << s << "'";
     EXPECT_EQ(r.host, "unchanged") << s;  // outputs untouched on failure

@@ -38,8 +38,12 @@ bool HasService(const vk_router_t *r, const std::string &path) {
 
 class RouterTest : public ::testing::Test {
  protected:
-  void SetUp() override { vk_router_init(&r_); }
-  void TearDown() override { vk_router_cleanup(&r_); }
+  void SetUp() override {
+    vk_router_init(&r_);
+  }
+  void TearDown() override {
+    vk_router_cleanup(&r_);
+  }
   vk_router_t r_;
 };
 
