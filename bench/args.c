@@ -139,8 +139,7 @@ static int parse_target(vk_bench_config_t *cfg, char *err, size_t errlen,
       if (s[i] == ':') {
         if (colon != NULL) {
           return fail(err, errlen,
-                      "target '%s': write IPv6 addresses as [ADDR]:PORT",
-                      arg);
+                      "target '%s': write IPv6 addresses as [ADDR]:PORT", arg);
         }
         colon = s + i;
       }
@@ -256,8 +255,7 @@ static int apply(vk_bench_config_t *cfg, parse_state_t *st, char *err,
       st->seen_rate = 1;
       return VK_OK;
     case OPT_WARMUP:
-      if (parse_double(&d, val) != VK_OK || d < 0 ||
-          d > VK_BENCH_MAX_SECONDS) {
+      if (parse_double(&d, val) != VK_OK || d < 0 || d > VK_BENCH_MAX_SECONDS) {
         return fail(err, errlen,
                     "--warmup must be seconds in [0, %.0f], got '%s'",
                     VK_BENCH_MAX_SECONDS, val);
@@ -367,8 +365,7 @@ int vk_bench_args_parse(vk_bench_config_t *cfg, char *err, size_t errlen,
     return VK_OK;
   }
   if (st.seen_duration && st.seen_requests) {
-    return fail(err, errlen,
-                "give -d/--duration or -n/--requests, not both");
+    return fail(err, errlen, "give -d/--duration or -n/--requests, not both");
   }
   if (!st.seen_duration && !st.seen_requests) {
     cfg->duration_s = 10;

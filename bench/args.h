@@ -21,9 +21,9 @@ extern "C" {
 #define VK_BENCH_MAX_SECONDS 86400.0
 
 typedef struct vk_bench_config_s {
-  char host[256];       // target host or IP literal, without brackets
-  char port[6];         // decimal port
-  char authority[300];  // ":authority" as the user wrote it, host:port
+  char host[256];        // target host or IP literal, without brackets
+  char port[6];          // decimal port
+  char authority[300];   // ":authority" as the user wrote it, host:port
   uint32_t connections;  // -c: HTTP/2 connections
   uint32_t streams;      // -m: concurrent streams per connection
   double rate;           // --rate: requests/s (open loop); 0 = closed loop

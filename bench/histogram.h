@@ -25,12 +25,12 @@ typedef struct vk_hist_s {
   uint64_t highest;   // largest value kept; larger ones are clamped to it
   unsigned sub_bits;  // log2 of the buckets per power of two
   size_t nbuckets;
-  uint64_t *counts;   // nbuckets counters, owned
-  uint64_t total;     // values recorded, clamped ones included
-  uint64_t clamped;   // values that were above `highest`
-  uint64_t min;       // exact smallest recorded value (UINT64_MAX if none)
-  uint64_t max;       // exact largest recorded value, after clamping
-  double sum;         // of recorded values, after clamping, for the mean
+  uint64_t *counts;  // nbuckets counters, owned
+  uint64_t total;    // values recorded, clamped ones included
+  uint64_t clamped;  // values that were above `highest`
+  uint64_t min;      // exact smallest recorded value (UINT64_MAX if none)
+  uint64_t max;      // exact largest recorded value, after clamping
+  double sum;        // of recorded values, after clamping, for the mean
 } vk_hist_t;
 
 // vk_hist_init prepares an empty histogram for values 0..`highest` with

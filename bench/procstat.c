@@ -158,9 +158,8 @@ double vk_machine_busy_cores(const vk_machine_sample_t *before,
     return 0;
   }
   double total = (double)(after->total - before->total);
-  double idle = after->idle >= before->idle
-                    ? (double)(after->idle - before->idle)
-                    : 0.0;
+  double idle =
+      after->idle >= before->idle ? (double)(after->idle - before->idle) : 0.0;
   double busy = (total - idle) / total;
   return busy < 0 ? 0 : busy * after->ncpu;
 }

@@ -25,12 +25,12 @@ typedef struct vk_bench_result_s {
   // HTTP-level failures: :status not 200, RST_STREAM, no grpc-status, or the
   // connection lost while the call was in flight.
   uint64_t http_errors;
-  uint64_t bad_responses;  // grpc-status 0, but the check refused the body
-  uint64_t unfinished;     // still in flight when the window closed
-  uint64_t max_backlog;    // open loop: most requests due but not yet sent
-  char first_error[160];   // the first failure, for the reader
-  vk_hist_t latency;       // microseconds, successful calls only
-  double client_cpu_s;     // this process, over the window
+  uint64_t bad_responses;     // grpc-status 0, but the check refused the body
+  uint64_t unfinished;        // still in flight when the window closed
+  uint64_t max_backlog;       // open loop: most requests due but not yet sent
+  char first_error[160];      // the first failure, for the reader
+  vk_hist_t latency;          // microseconds, successful calls only
+  double client_cpu_s;        // this process, over the window
   double machine_busy_cores;  // every process, over the window
   int ncpu;
   uint32_t server_max_streams;  // SETTINGS_MAX_CONCURRENT_STREAMS seen

@@ -48,9 +48,8 @@ static int health_build(vk_bench_buf_t *out, const char **out_path,
   Grpc__Health__V1__HealthCheckRequest req =
       GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
   // protobuf-c's field is `char *` but pack only reads it.
-  req.service = (char *)(params->health_service != NULL
-                             ? params->health_service
-                             : "");
+  req.service =
+      (char *)(params->health_service != NULL ? params->health_service : "");
   size_t len = grpc__health__v1__health_check_request__get_packed_size(&req);
   if (len > VK_BENCH_MAX_MESSAGE) {
     return VK_ETOOBIG;
@@ -69,16 +68,16 @@ static int health_build(vk_bench_buf_t *out, const char **out_path,
   return rv;
 }
 
-static int health_check(const char **out_why, const uint8_t *msg,
-                        size_t len) {
+static int health_check(const char **out_why, const uint8_t *msg, size_t len) {
   Grpc__Health__V1__HealthCheckResponse *resp =
       grpc__health__v1__health_check_response__unpack(NULL, len, msg);
   if (resp == NULL) {
     *out_why = "HealthCheckResponse does not parse";
     return VK_EPROTO;
   }
-  int serving = resp->status ==
-                GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+  int serving =
+      resp->status ==
+      GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
   grpc__health__v1__health_check_response__free_unpacked(resp, NULL);
   if (!serving) {
     *out_why = "status is not SERVING";
@@ -90,31 +89,27 @@ static int health_check(const char **out_why, const uint8_t *msg,
 // Rows not available yet: listed in --help and refused with `missing`.
 // Each becomes available by writing its build/check pair above.
 #define VK_BENCH_LATER(name_, summary_, kind_, missing_) \
-  {name_, summary_, 0, missing_, kind_, 0, NULL, NULL}
+  { name_, summary_, 0, missing_, kind_, 0, NULL, NULL }
 
 const vk_bench_scenario_t vk_bench_scenarios[] = {
-    {"health", "grpc.health.v1.Health/Check, unary",
-     1, NULL, VK_BENCH_KIND_RPC, 1, health_build, health_check},
-    VK_BENCH_LATER("verify",
-                   "verify key + challenge signature, warm cache",
+    {"health", "grpc.health.v1.Health/Check, unary", 1, NULL, VK_BENCH_KIND_RPC,
+     1, health_build, health_check},
+    VK_BENCH_LATER("verify", "verify key + challenge signature, warm cache",
                    VK_BENCH_KIND_RPC, "vkeyd does not serve Verify yet"),
-    VK_BENCH_LATER("verify-cold",
-                   "verify with keys not yet cached (Redis)",
+    VK_BENCH_LATER("verify-cold", "verify with keys not yet cached (Redis)",
                    VK_BENCH_KIND_RPC, "vkeyd does not serve Verify yet"),
     VK_BENCH_LATER("check", "key status check", VK_BENCH_KIND_RPC,
                    "vkeyd does not serve the check RPC yet"),
     VK_BENCH_LATER("apply", "apply for a key: issue, store, deliver",
                    VK_BENCH_KIND_RPC, "vkeyd does not serve Apply yet"),
-    VK_BENCH_LATER("share",
-                   "share: a code set, then the shared keys",
+    VK_BENCH_LATER("share", "share: a code set, then the shared keys",
                    VK_BENCH_KIND_RPC, "vkeyd does not serve sharing yet"),
     VK_BENCH_LATER("mixed", "a mix of verify, check, apply, share",
                    VK_BENCH_KIND_RPC, "it needs the scenarios it mixes"),
-    VK_BENCH_LATER("connect",
-                   "hold many vehicle channels; RSS per conn",
+    VK_BENCH_LATER("connect", "hold many vehicle channels; RSS per conn",
                    VK_BENCH_KIND_CONNECT,
-                   "it needs the vehicle channel and its own run loop "
-                   "(vk_bench_kind_t VK_BENCH_KIND_CONNECT)"),
+                   "it needs the vehicle channel and a connection-scale "
+                   "run loop"),
 };
 const size_t vk_bench_nscenarios = VK_ARRAY_LEN(vk_bench_scenarios);
 

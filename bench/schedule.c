@@ -54,8 +54,8 @@ uint64_t vk_sched_overdue(const vk_sched_t *s, uint64_t now_ns) {
   }
   // Requests 0..n-1 are due, where n is the first k with intended(k) > now.
   // Estimate n from the rate, then correct for rounding.
-  long double est = (long double)(now_ns - s->start_ns) *
-                    (long double)s->rate / 1e9L;
+  long double est =
+      (long double)(now_ns - s->start_ns) * (long double)s->rate / 1e9L;
   uint64_t n = est >= 1.8e19L ? UINT64_MAX - 1 : (uint64_t)est + 1;
   while (n > 0 && vk_sched_intended(s, n - 1) > now_ns) {
     n--;
