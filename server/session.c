@@ -21,6 +21,7 @@
 #include <openssl/sha.h>
 
 #include "log.h"
+#include "script.h"
 #include "store.h"
 #include "vkey/v1/verify.pb-c.h"
 
@@ -445,9 +446,15 @@ static void auth_with_key(auth_ctx_t *a) {
   char counter[24];
   snprintf(counter, sizeof(counter), "%llu",
            (unsigned long long)a->auth->counter);
-  if (vk_redis_command(a->app->redis, counter_checked, a, "EVAL %s 1 %s %b %s",
-                       kCounterScript, a->redis_key, a->auth->epoch.data,
-                       (size_t)kEpochLen, counter) != VK_OK) {
+  static vk_redis_script_t script;  // sent by hash; hashed once
+  if (script.src == NULL) {
+    vk_redis_script_init(&script, kCounterScript);
+  }
+  const char *args[] = {a->redis_key, (const char *)a->auth->epoch.data,
+                        counter};
+  size_t lens[] = {strlen(a->redis_key), kEpochLen, strlen(counter)};
+  if (vk_redis_eval(a->app->redis, &script, counter_checked, a, 1, 3, args,
+                    lens) != VK_OK) {
     auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
   }
 }

@@ -26,6 +26,7 @@
 #include "keytoken.h"
 #include "log.h"
 #include "ratelimit.h"
+#include "script.h"
 #include "session.h"
 #include "store.h"
 #include "verify_cache.h"
@@ -61,6 +62,15 @@ static const char kCommitScript[] =
     "  end\n"
     "end\n"
     "return {0, 0}\n";
+
+// The script is sent by hash; its hash is computed once.
+static const vk_redis_script_t *commit_script(void) {
+  static vk_redis_script_t script;
+  if (script.src == NULL) {
+    vk_redis_script_init(&script, kCommitScript);
+  }
+  return &script;
+}
 
 typedef struct verify_req_s verify_req_t;
 
@@ -546,9 +556,11 @@ static void stage_commit(verify_req_t *r) {
     snprintf(max_uses, sizeof(max_uses), "%u", it->claims->max_uses);
     snprintf(ttl, sizeof(ttl), "%d", kChallengeTtlS);
     snprintf(ver, sizeof(ver), "%llu", (unsigned long long)it->claims->version);
-    if (vk_redis_command(r->app->redis, committed, it,
-                         "EVAL %s 2 %s %s %s %s %s", kCommitScript, key, chal,
-                         max_uses, ttl, ver) != VK_OK) {
+    const char *args[] = {key, chal, max_uses, ttl, ver};
+    size_t lens[] = {strlen(key), strlen(chal), strlen(max_uses), strlen(ttl),
+                     strlen(ver)};
+    if (vk_redis_eval(r->app->redis, commit_script(), committed, it, 2, 5, args,
+                      lens) != VK_OK) {
       vk_call_finish(r->call, VK_GRPC_UNAVAILABLE, "key store unavailable");
       break;
     }
