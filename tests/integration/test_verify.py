@@ -549,6 +549,20 @@ class TwoInstanceTest(vkharness.ServerTestCase):
                 if r.decision != R.DECISION_ALLOW:
                     self.assertEqual(r.reason, R.DENY_REASON_USES_EXHAUSTED)
 
+    def test_scripts_survive_script_flush(self):
+        # A restarted or failed-over Redis forgets loaded scripts: the
+        # EVALSHA answers NOSCRIPT and vkeyd resends the script once.
+        rec = self.fleet.apply(self.phone)
+        s = self.session_on_b()
+        self.assertEqual(self.verify_on(self.verify_b, rec).decision,
+                         R.DECISION_ALLOW)
+        self.redis_cli("SCRIPT", "FLUSH")
+        self.assertEqual(self.verify_on(self.verify_b, rec).decision,
+                         R.DECISION_ALLOW)
+        self.redis_cli("SCRIPT", "FLUSH")
+        self.assertEqual(self.status_on_b(s, rec.claims.key_id),
+                         F.KEY_STATUS_ACTIVE)
+
     def test_redis_down_fails_closed(self):
         rec = self.fleet.apply(self.phone)
         self.assertEqual(self.verify_on(self.verify_b, rec).decision,
