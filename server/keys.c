@@ -34,6 +34,7 @@
 #include "audit.h"
 #include "identity.h"
 #include "keys_internal.h"
+#include "verify_cache.h"
 #include "keytoken.h"
 #include "log.h"
 #include "store.h"
@@ -405,6 +406,12 @@ static void eval_reply(vk_redis_t *r, int status, const redisReply *reply,
   (void)r;
   vk_keys_call_t *kc = priv;
   vk_call_t *call = kc->call;
+  if (kc->vin[0] != '\0' && kc->app->verify_cache != NULL) {
+    // A script of ours may have changed this vehicle's keys: forget their
+    // cached status here at once, not only when our own notify comes back.
+    vk_verify_cache_invalidate_vehicle(kc->app->verify_cache, kc->vin,
+                                       strlen(kc->vin));
+  }
   if (!vk_call_is_done(call)) {
     if (status == VK_OK && reply->type == REDIS_REPLY_ERROR && !kc->eval_full &&
         strncmp(reply->str, "NOSCRIPT", 8) == 0) {

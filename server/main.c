@@ -173,7 +173,8 @@ static int start_redis(vk_daemon_t *d) {
   d->app.loop = d->loop;
   rv = vk_hub_new(&d->app.hub, &d->app, url);
   if (rv == VK_OK) {
-    rv = vk_verify_cache_feed_start(d->app.verify_cache, d->loop, url);
+    rv =
+        vk_verify_cache_feed_start(d->app.verify_cache, d->loop, d->redis, url);
   }
   return rv;
 }

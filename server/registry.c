@@ -40,6 +40,7 @@
 #include "identity.h"
 #include "log.h"
 #include "store.h"
+#include "verify_cache.h"
 #include "vkey/v1/registry.pb-c.h"
 
 enum {
@@ -356,6 +357,12 @@ static void reg_command(reg_t *r, reg_step_fn next, reg_args_t *a) {
 // The reply of every mutating script: {0, serialized response} or
 // {gRPC status, message}. ABORTED (a lost compare-and-set) reruns the RPC.
 static void reg_script_done(reg_t *r, const redisReply *reply) {
+  if (r->vin != NULL && r->app->verify_cache != NULL && vk_vin_valid(r->vin)) {
+    // A transfer revokes keys: forget this vehicle's cached key status here
+    // at once, not only when our own notify comes back.
+    vk_verify_cache_invalidate_vehicle(r->app->verify_cache, r->vin,
+                                       strlen(r->vin));
+  }
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
       reply->element[0]->type != REDIS_REPLY_INTEGER ||
       reply->element[1]->type != REDIS_REPLY_STRING) {

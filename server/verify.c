@@ -350,6 +350,10 @@ static void stage_state(verify_req_t *r) {
     if (it->decided) {
       continue;
     }
+    // The stamp says which invalidations the state we use has seen; the
+    // commit compares it again (see stage_commit).
+    it->cache_stamp =
+        vk_verify_cache_stamp(r->app->verify_cache, it->claims->key_id);
     if (vk_verify_cache_status_get(r->app->verify_cache, it->claims->key_id,
                                    &it->state)) {
       apply_state(it);
@@ -357,8 +361,6 @@ static void stage_state(verify_req_t *r) {
     }
     char key[VK_REDIS_KEY_MAX];
     vk_store_key(key, it->claims->key_id);
-    it->cache_stamp =
-        vk_verify_cache_stamp(r->app->verify_cache, it->claims->key_id);
     if (vk_redis_command(r->app->redis, state_read, it, "HMGET %s status ver",
                          key) != VK_OK) {
       vk_call_finish(r->call, VK_GRPC_UNAVAILABLE, "key store unavailable");
@@ -536,6 +538,34 @@ static void committed(vk_redis_t *redis, int status, const redisReply *reply,
   step_done(r);
 }
 
+static void challenge_set(vk_redis_t *redis, int status,
+                          const redisReply *reply, void *priv) {
+  (void)redis;
+  item_t *it = priv;
+  verify_req_t *r = it->req;
+  if (status != VK_OK || reply->type == REDIS_REPLY_ERROR) {
+    if (!vk_call_is_done(r->call)) {
+      vk_call_finish(r->call, VK_GRPC_UNAVAILABLE, "key store unavailable");
+    }
+  } else if (reply->type == REDIS_REPLY_NIL) {
+    deny(it, VKEY__V1__DENY_REASON__DENY_REASON_CHALLENGE_REUSED,
+         "this challenge was already used");
+  } else {
+    it->decided = true;  // allowed
+  }
+  step_done(r);
+}
+
+// The state this item was judged on is still current if no invalidation of
+// its vehicle, and no feed outage, came since it was read: then the key's
+// status needs no second look in Redis and only the challenge is written.
+// Keys with a use limit always take the script, which counts atomically.
+static bool state_still_current(const verify_req_t *r, const item_t *it) {
+  return it->claims->max_uses == 0 && it->cache_stamp != 0 &&
+         it->cache_stamp ==
+             vk_verify_cache_stamp(r->app->verify_cache, it->claims->key_id);
+}
+
 static void stage_commit(verify_req_t *r) {
   r->next = answer;
   r->pending = 1;
@@ -552,6 +582,16 @@ static void stage_commit(verify_req_t *r) {
     }
     vk_store_key(key, it->claims->key_id);
     vk_store_vehicle_sub(chal, r->vin, suffix);
+    if (state_still_current(r, it)) {
+      if (vk_redis_command(r->app->redis, challenge_set, it,
+                           "SET %s 1 NX EX %d", chal,
+                           kChallengeTtlS) != VK_OK) {
+        vk_call_finish(r->call, VK_GRPC_UNAVAILABLE, "key store unavailable");
+        break;
+      }
+      r->pending++;
+      continue;
+    }
     char max_uses[16], ttl[16], ver[24];
     snprintf(max_uses, sizeof(max_uses), "%u", it->claims->max_uses);
     snprintf(ttl, sizeof(ttl), "%d", kChallengeTtlS);

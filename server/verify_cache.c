@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <openssl/mem.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "common.h"
@@ -41,6 +42,13 @@ struct vk_verify_cache_s {
   uint64_t vehicle_gen[VEHICLE_GENERATIONS];
   bool feed_up;
   vk_subscriber_t *feed;
+  // The heartbeat: our own message, published through `redis` and heard
+  // back on the feed (see vk_verify_cache_feed_start).
+  vk_redis_t *redis;
+  uv_timer_t heartbeat;
+  bool heartbeat_started;
+  char instance[17];        // random, tells our heartbeats from others'
+  uint64_t fresh_until_ms;  // vk_now_ms() before which the cache is trusted
   char issuer_ids[MAX_ISSUERS][17];
   uint8_t issuer_keys[MAX_ISSUERS][32];
   size_t n_issuers;
@@ -69,13 +77,28 @@ int vk_verify_cache_new(vk_verify_cache_t **out, size_t token_slots,
   return VK_OK;
 }
 
+static void release(vk_verify_cache_t *c) {
+  free(c->tokens);
+  free(c->status);
+  free(c);
+}
+
+static void heartbeat_closed(uv_handle_t *h) {
+  release(h->data);
+}
+
 void vk_verify_cache_free(vk_verify_cache_t *c) {
-  if (c != NULL) {
-    vk_subscriber_free(c->feed);
-    free(c->tokens);
-    free(c->status);
-    free(c);
+  if (c == NULL) {
+    return;
   }
+  vk_subscriber_free(c->feed);
+  if (c->heartbeat_started) {
+    // Freed in the timer's close callback; heartbeats in flight carry no
+    // pointer to `c` (see publish_heartbeat).
+    uv_close((uv_handle_t *)&c->heartbeat, heartbeat_closed);
+    return;
+  }
+  release(c);
 }
 
 static uint64_t hash_bytes(const void *p, size_t len) {
@@ -114,9 +137,15 @@ static uint64_t *vehicle_gen(vk_verify_cache_t *c, const char *vin) {
   return &c->vehicle_gen[hash_bytes(vin, VK_VIN_LEN) % VEHICLE_GENERATIONS];
 }
 
+// The cache may be used only while the feed is subscribed and has proven,
+// with a heartbeat, that it delivers what was published a moment ago.
+static bool fresh(const vk_verify_cache_t *c) {
+  return c->feed_up && vk_now_ms() < c->fresh_until_ms;
+}
+
 bool vk_verify_cache_status_get(vk_verify_cache_t *c, const char *key_id,
                                 vk_key_state_t *out) {
-  if (!c->feed_up) {
+  if (!fresh(c)) {
     return false;
   }
   status_entry_t *e = status_slot(c, key_id);
@@ -139,7 +168,7 @@ void vk_verify_cache_status_put(vk_verify_cache_t *c, const char *key_id,
                                 const vk_key_state_t *state, uint64_t stamp) {
   // A stamp taken while the feed was down, or before the vehicle's last
   // invalidation, does not describe the present.
-  if (stamp == 0 || !c->feed_up || strlen(key_id) != VK_KEY_ID_LEN ||
+  if (stamp == 0 || !fresh(c) || strlen(key_id) != VK_KEY_ID_LEN ||
       stamp != *vehicle_gen(c, key_id)) {
     return;
   }
@@ -195,13 +224,35 @@ void vk_verify_cache_issuer_put(vk_verify_cache_t *c, const char *key_id,
 // --- the invalidation feed --------------------------------------------------
 
 static const char kFeedPattern[] = "vk:veh:*:notify";
+// Matches the pattern, names no vehicle.
+static const char kHeartbeatChannel[] = "vk:veh:heartbeat:notify";
+
+// A heartbeat is "<instance id> <vk_now_ms() when published>".
+static void heard_heartbeat(vk_verify_cache_t *c, const char *payload,
+                            size_t len) {
+  if (len < 18 || memcmp(payload, c->instance, 16) != 0 || payload[16] != ' ') {
+    return;  // another instance's
+  }
+  char num[24];
+  size_t n = len - 17 < sizeof(num) - 1 ? len - 17 : sizeof(num) - 1;
+  memcpy(num, payload + 17, n);
+  num[n] = '\0';
+  uint64_t published = strtoull(num, NULL, 10);
+  if (published + VK_FEED_FRESH_MS > c->fresh_until_ms) {
+    c->fresh_until_ms = published + VK_FEED_FRESH_MS;
+  }
+}
 
 static void feed_message(vk_subscriber_t *s, const char *channel,
                          size_t channel_len, const char *payload,
                          size_t payload_len, void *arg) {
   (void)s;
-  (void)payload;
-  (void)payload_len;
+  vk_verify_cache_t *c = arg;
+  if (channel_len == sizeof(kHeartbeatChannel) - 1 &&
+      memcmp(channel, kHeartbeatChannel, channel_len) == 0) {
+    heard_heartbeat(c, payload, payload_len);
+    return;
+  }
   // "vk:veh:{VIN}:notify": the VIN sits between the braces.
   const char *open = memchr(channel, '{', channel_len);
   if (open == NULL) {
@@ -210,8 +261,7 @@ static void feed_message(vk_subscriber_t *s, const char *channel,
   size_t rest = channel_len - (size_t)(open + 1 - channel);
   const char *close = memchr(open + 1, '}', rest);
   if (close != NULL) {
-    vk_verify_cache_invalidate_vehicle(arg, open + 1,
-                                       (size_t)(close - open - 1));
+    vk_verify_cache_invalidate_vehicle(c, open + 1, (size_t)(close - open - 1));
   }
 }
 
@@ -232,8 +282,32 @@ static void feed_state(vk_subscriber_t *s, bool connected, void *arg) {
   }
 }
 
+static void heartbeat_published(vk_redis_t *r, int status,
+                                const redisReply *reply, void *priv) {
+  // Nothing to do: what matters is hearing it back on the feed.
+  (void)r;
+  (void)status;
+  (void)reply;
+  (void)priv;
+}
+
+static void publish_heartbeat(uv_timer_t *t) {
+  vk_verify_cache_t *c = t->data;
+  char payload[48];
+  snprintf(payload, sizeof(payload), "%s %llu", c->instance,
+           (unsigned long long)vk_now_ms());
+  vk_redis_command(c->redis, heartbeat_published, NULL, "PUBLISH %s %s",
+                   kHeartbeatChannel, payload);
+}
+
 int vk_verify_cache_feed_start(vk_verify_cache_t *c, uv_loop_t *loop,
-                               const char *url) {
+                               vk_redis_t *redis, const char *url) {
+  uint8_t id[8];
+  RAND_bytes(id, sizeof(id));
+  for (size_t i = 0; i < sizeof(id); i++) {
+    snprintf(c->instance + 2 * i, 3, "%02x", id[i]);
+  }
+  c->redis = redis;
   vk_subscriber_config_t cfg = {
       .url = url,
       .on_message = feed_message,
@@ -245,6 +319,14 @@ int vk_verify_cache_feed_start(vk_verify_cache_t *c, uv_loop_t *loop,
   int rv = vk_subscriber_new(&c->feed, loop, &cfg);
   if (rv == VK_OK) {
     rv = vk_subscriber_subscribe(c->feed, kFeedPattern);
+  }
+  if (rv == VK_OK) {
+    uv_timer_init(loop, &c->heartbeat);
+    c->heartbeat.data = c;
+    uv_timer_start(&c->heartbeat, publish_heartbeat, 0, VK_FEED_HEARTBEAT_MS);
+    // A heartbeat must not keep the loop alive at exit.
+    uv_unref((uv_handle_t *)&c->heartbeat);
+    c->heartbeat_started = true;
   }
   return rv;
 }

@@ -61,9 +61,18 @@ void vk_verify_cache_invalidate_vehicle(vk_verify_cache_t *c, const char *vin,
 void vk_verify_cache_feed_state(vk_verify_cache_t *c, bool up);
 
 // vk_verify_cache_feed_start pattern-subscribes `vk:veh:*:notify` on a
-// connection of its own to `url`. Returns 0, VK_EINVAL (bad url), VK_ENOMEM.
+// connection of its own to `url`, and every VK_FEED_HEARTBEAT_MS publishes a
+// heartbeat of its own through `redis`. Redis delivers a subscriber's
+// messages in publish order, so once our heartbeat published at time h comes
+// back, every invalidation published before h has been applied. Cached
+// statuses are used only while the last heartbeat that came back was
+// published less than VK_FEED_FRESH_MS ago: a revoke acknowledged anywhere
+// is seen here within that bound, or the cache is not used at all.
+// Returns 0, VK_EINVAL (bad url), VK_ENOMEM.
+#define VK_FEED_HEARTBEAT_MS 25
+#define VK_FEED_FRESH_MS 100
 int vk_verify_cache_feed_start(vk_verify_cache_t *c, uv_loop_t *loop,
-                               const char *url);
+                               vk_redis_t *redis, const char *url);
 
 // Issuer public keys (the service's key-signing keys).
 const uint8_t *vk_verify_cache_issuer(const vk_verify_cache_t *c,

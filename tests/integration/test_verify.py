@@ -454,15 +454,25 @@ class TwoInstanceTest(vkharness.ServerTestCase):
 
     def test_revocation_through_a_is_refused_by_b(self):
         rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
-        self.assertEqual(self.verify_on(self.verify_b, rec).decision,
-                         R.DECISION_ALLOW)
+        # B verifies (and caches the key's status) before the revoke.
+        for _ in range(2):
+            self.assertEqual(self.verify_on(self.verify_b, rec).decision,
+                             R.DECISION_ALLOW)
         self.fleet.manage(rec.claims.key_id, keys_pb2.KEY_OPERATION_REVOKE)
         acked = time.monotonic()
-        res = self.verify_on(self.verify_b, rec)
+        # B may answer from its cache until A's notification reaches it (the
+        # design bound is VK_FEED_FRESH_MS, 100 ms); poll without assuming
+        # a time, then report it.
+        while True:
+            res = self.verify_on(self.verify_b, rec)
+            if res.decision != R.DECISION_ALLOW:
+                break
+            self.assertLess(time.monotonic() - acked, 5,
+                            "B still allows a key revoked through A")
         delay_ms = (time.monotonic() - acked) * 1000
         self.assertEqual(res.reason, R.DENY_REASON_REVOKED)
-        print(f"\nrevocation visible on the other instance after "
-              f"{delay_ms:.1f} ms (first verification after the ack)")
+        print(f"\nrevocation through A refused by B {delay_ms:.1f} ms after "
+              f"the revoke's acknowledgement")
 
     def status_on_b(self, session, key_id):
         req = R.CheckKeyStatusRequest(vin=VIN1, key_ids=[key_id])
