@@ -37,6 +37,7 @@
 
 #include "common.h"
 #include "log.h"
+#include "uvadapter.h"
 #include "redis.h"
 
 #define VK__SUB_URL_MAX 1024u
@@ -285,84 +286,6 @@ static bool str_eq(const redisReply *r, const char *lit) {
 
 // ---------------------------------------------------------- connection half
 
-typedef struct {
-  uv_poll_t poll;
-  redisAsyncContext *ac;
-  int events;
-} vk__sub_io_t;
-
-static void io_on_poll(uv_poll_t *h, int status, int events) {
-  vk__sub_io_t *io = h->data;
-  // On an error libuv stopped the watcher: replay what hiredis waits for so
-  // that it finds the error itself (see redis.c).
-  int ev = status < 0 ? io->events : events;
-  if (io->ac != NULL && (ev & UV_READABLE)) {
-    redisAsyncHandleRead(io->ac);
-  }
-  if (io->ac != NULL && (ev & UV_WRITABLE)) {
-    redisAsyncHandleWrite(io->ac);
-  }
-}
-
-static void io_set(vk__sub_io_t *io, int events) {
-  io->events = events;
-  if (events != 0) {
-    uv_poll_start(&io->poll, events, io_on_poll);
-  } else {
-    uv_poll_stop(&io->poll);
-  }
-}
-
-static void io_add_read(void *arg) {
-  vk__sub_io_t *io = arg;
-  io_set(io, io->events | UV_READABLE);
-}
-
-static void io_del_read(void *arg) {
-  vk__sub_io_t *io = arg;
-  io_set(io, io->events & ~UV_READABLE);
-}
-
-static void io_add_write(void *arg) {
-  vk__sub_io_t *io = arg;
-  io_set(io, io->events | UV_WRITABLE);
-}
-
-static void io_del_write(void *arg) {
-  vk__sub_io_t *io = arg;
-  io_set(io, io->events & ~UV_WRITABLE);
-}
-
-static void io_on_closed(uv_handle_t *h) {
-  free(h->data);
-}
-
-static void io_cleanup(void *arg) {
-  vk__sub_io_t *io = arg;
-  io->ac = NULL;
-  uv_close((uv_handle_t *)&io->poll, io_on_closed);
-}
-
-static int io_attach(redisAsyncContext *ac, uv_loop_t *loop) {
-  vk__sub_io_t *io = calloc(1, sizeof(*io));
-  if (io == NULL) {
-    return VK_ENOMEM;
-  }
-  if (uv_poll_init(loop, &io->poll, ac->c.fd) != 0) {
-    free(io);
-    return VK_EIO;
-  }
-  io->poll.data = io;
-  io->ac = ac;
-  ac->ev.data = io;
-  ac->ev.addRead = io_add_read;
-  ac->ev.delRead = io_del_read;
-  ac->ev.addWrite = io_add_write;
-  ac->ev.delWrite = io_del_write;
-  ac->ev.cleanup = io_cleanup;
-  return VK_OK;
-}
-
 static uint64_t next_rand(vk_subscriber_t *s) {
   uint64_t x = s->rng;
   x ^= x << 13;
@@ -473,7 +396,7 @@ static void conn_start(vk_subscriber_t *s) {
     return;
   }
   ac->data = s;
-  if (io_attach(ac, s->loop) != VK_OK) {
+  if (vk_redis_uv_attach(ac, s->loop) != VK_OK) {
     redisAsyncFree(ac);
     schedule_retry(s);
     return;
