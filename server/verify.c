@@ -342,6 +342,41 @@ static void state_read(vk_redis_t *redis, int status, const redisReply *reply,
   step_done(r);
 }
 
+// The Redis half of the token-signature cache, shared by instances:
+// vk:veh:{VIN}:sig:<hex SHA-256 of claims and signature>, set once a
+// signature verified, for as long as the in-process entry lives.
+static void token_sig_key(char out[VK_REDIS_KEY_MAX], const verify_req_t *r,
+                          const item_t *it) {
+  char suffix[4 + 2 * 32 + 1] = "sig:";
+  for (size_t i = 0; i < 32; i++) {
+    snprintf(suffix + 4 + 2 * i, 3, "%02x", it->token_digest[i]);
+  }
+  vk_store_vehicle_sub(out, r->vin, suffix);
+}
+
+static void token_sig_read(vk_redis_t *redis, int status,
+                           const redisReply *reply, void *priv) {
+  (void)redis;
+  item_t *it = priv;
+  verify_req_t *r = it->req;
+  // A failure here only costs a verification on the workers.
+  if (status == VK_OK && reply->type == REDIS_REPLY_INTEGER &&
+      reply->integer == 1) {
+    it->token_known_good = true;
+    vk_verify_cache_token_put(r->app->verify_cache, it->token_digest,
+                              vk_wall_ms());
+  }
+  step_done(r);
+}
+
+static void token_sig_written(vk_redis_t *redis, int status,
+                              const redisReply *reply, void *priv) {
+  (void)redis;
+  (void)status;
+  (void)reply;
+  (void)priv;
+}
+
 static void stage_state(verify_req_t *r) {
   r->next = stage_crypto;
   r->pending = 1;  // held until every read is sent
@@ -354,6 +389,14 @@ static void stage_state(verify_req_t *r) {
     // commit compares it again (see stage_commit).
     it->cache_stamp =
         vk_verify_cache_stamp(r->app->verify_cache, it->claims->key_id);
+    if (!it->token_known_good) {
+      char sig_key[VK_REDIS_KEY_MAX];
+      token_sig_key(sig_key, r, it);
+      if (vk_redis_command(r->app->redis, token_sig_read, it, "EXISTS %s",
+                           sig_key) == VK_OK) {
+        r->pending++;
+      }
+    }
     if (vk_verify_cache_status_get(r->app->verify_cache, it->claims->key_id,
                                    &it->state)) {
       apply_state(it);
@@ -485,6 +528,10 @@ static void crypto_results(verify_req_t *r) {
         continue;
       }
       vk_verify_cache_token_put(r->app->verify_cache, it->token_digest, now_ms);
+      char sig_key[VK_REDIS_KEY_MAX];
+      token_sig_key(sig_key, r, it);
+      vk_redis_command(r->app->redis, token_sig_written, NULL, "SET %s 1 EX %d",
+                       sig_key, VK_TOKEN_SIG_TTL_MS / 1000);
     }
     if (!it->proof_op->ok) {
       deny(it, VKEY__V1__DENY_REASON__DENY_REASON_BAD_PROOF,

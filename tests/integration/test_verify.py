@@ -559,6 +559,34 @@ class TwoInstanceTest(vkharness.ServerTestCase):
                 if r.decision != R.DECISION_ALLOW:
                     self.assertEqual(r.reason, R.DENY_REASON_USES_EXHAUSTED)
 
+    def test_token_signature_cache_shared_in_redis(self):
+        import hashlib
+        rec = self.fleet.apply(self.phone)
+        digest = hashlib.sha256(rec.key.claims + rec.key.signature).hexdigest()
+        sig_key = f"vk:veh:{{{VIN1}}}:sig:{digest}"
+        self.assertEqual(self.redis_cli("EXISTS", sig_key), "0")
+        self.assertEqual(self.verify_on(self.fleet.verify, rec).decision,
+                         R.DECISION_ALLOW)
+        # A verified the signature and shared the result with B.
+        self.assertEqual(self.redis_cli("EXISTS", sig_key), "1")
+        self.assertEqual(self.verify_on(self.verify_b, rec).decision,
+                         R.DECISION_ALLOW)
+        # A bad signature is never recorded.
+        bad = R.VerifyKeyItem()
+        bad.CopyFrom(item(rec, self.phone))
+        sig = bytearray(bad.key.signature)
+        sig[5] ^= 0x40
+        bad.key.signature = bytes(sig)
+        res = self.verify_b.VerifyKey(R.VerifyKeyRequest(vin=VIN1, item=bad),
+                                      metadata=self.fleet.op_md,
+                                      timeout=10).result
+        self.assertEqual(res.reason, R.DENY_REASON_BAD_KEY_SIGNATURE)
+        bad_digest = hashlib.sha256(bad.key.claims
+                                    + bad.key.signature).hexdigest()
+        self.assertEqual(
+            self.redis_cli("EXISTS", f"vk:veh:{{{VIN1}}}:sig:{bad_digest}"),
+            "0")
+
     def test_scripts_survive_script_flush(self):
         # A restarted or failed-over Redis forgets loaded scripts: the
         # EVALSHA answers NOSCRIPT and vkeyd resends the script once.
