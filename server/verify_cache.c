@@ -21,7 +21,12 @@
 typedef struct {
   uint8_t digest[32];
   int64_t expires_ms;
+  uint64_t used;  // the cache's tick when last hit or filled
 } token_entry_t;
+
+// The token cache is set-associative with LRU inside each set: a hot token
+// is never pushed out by a single colliding newcomer.
+#define TOKEN_WAYS 4
 
 typedef struct {
   char key_id[VK_KEY_ID_LEN + 1];
@@ -33,7 +38,8 @@ typedef struct {
 
 struct vk_verify_cache_s {
   token_entry_t *tokens;
-  size_t n_tokens;
+  size_t n_tokens;  // a multiple of TOKEN_WAYS
+  uint64_t tick;
   status_entry_t *status;
   size_t n_status;
   // Generations are unique across vehicles: every bump takes the next value
@@ -61,6 +67,7 @@ int vk_verify_cache_new(vk_verify_cache_t **out, size_t token_slots,
     free(c);
     return VK_ENOMEM;
   }
+  token_slots = (token_slots + TOKEN_WAYS - 1) / TOKEN_WAYS * TOKEN_WAYS;
   c->tokens = calloc(token_slots, sizeof(*c->tokens));
   c->status = calloc(status_slots, sizeof(*c->status));
   if (c->tokens == NULL || c->status == NULL) {
@@ -109,23 +116,42 @@ static uint64_t hash_bytes(const void *p, size_t len) {
   return h;
 }
 
-static token_entry_t *token_slot(vk_verify_cache_t *c, const uint8_t d[32]) {
+// The set a digest maps to: TOKEN_WAYS consecutive entries.
+static token_entry_t *token_set(vk_verify_cache_t *c, const uint8_t d[32]) {
   uint64_t h;
   memcpy(&h, d, sizeof(h));  // already a digest: no need to hash again
-  return &c->tokens[h % c->n_tokens];
+  return &c->tokens[h % (c->n_tokens / TOKEN_WAYS) * TOKEN_WAYS];
 }
 
 bool vk_verify_cache_token_ok(vk_verify_cache_t *c, const uint8_t digest[32],
                               int64_t now_ms) {
-  token_entry_t *e = token_slot(c, digest);
-  return e->expires_ms > now_ms && CRYPTO_memcmp(e->digest, digest, 32) == 0;
+  token_entry_t *set = token_set(c, digest);
+  for (size_t i = 0; i < TOKEN_WAYS; i++) {
+    if (set[i].expires_ms > now_ms &&
+        CRYPTO_memcmp(set[i].digest, digest, 32) == 0) {
+      set[i].used = ++c->tick;
+      return true;
+    }
+  }
+  return false;
 }
 
 void vk_verify_cache_token_put(vk_verify_cache_t *c, const uint8_t digest[32],
                                int64_t now_ms) {
-  token_entry_t *e = token_slot(c, digest);
-  memcpy(e->digest, digest, 32);
-  e->expires_ms = now_ms + VK_TOKEN_SIG_TTL_MS;
+  token_entry_t *set = token_set(c, digest);
+  token_entry_t *victim = &set[0];
+  for (size_t i = 0; i < TOKEN_WAYS; i++) {
+    if (memcmp(set[i].digest, digest, 32) == 0 || set[i].expires_ms <= now_ms) {
+      victim = &set[i];  // the same token, or an expired or empty entry
+      break;
+    }
+    if (set[i].used < victim->used) {
+      victim = &set[i];  // least recently used so far
+    }
+  }
+  memcpy(victim->digest, digest, 32);
+  victim->expires_ms = now_ms + VK_TOKEN_SIG_TTL_MS;
+  victim->used = ++c->tick;
 }
 
 static status_entry_t *status_slot(vk_verify_cache_t *c, const char *key_id) {
@@ -158,7 +184,7 @@ bool vk_verify_cache_status_get(vk_verify_cache_t *c, const char *key_id,
 }
 
 uint64_t vk_verify_cache_stamp(const vk_verify_cache_t *c, const char *key_id) {
-  if (!c->feed_up || strlen(key_id) != VK_KEY_ID_LEN) {
+  if (!fresh(c) || strlen(key_id) != VK_KEY_ID_LEN) {
     return 0;
   }
   return c->vehicle_gen[hash_bytes(key_id, VK_VIN_LEN) % VEHICLE_GENERATIONS];
@@ -237,9 +263,12 @@ static void heard_heartbeat(vk_verify_cache_t *c, const char *payload,
   size_t n = len - 17 < sizeof(num) - 1 ? len - 17 : sizeof(num) - 1;
   memcpy(num, payload + 17, n);
   num[n] = '\0';
-  uint64_t published = strtoull(num, NULL, 10);
-  if (published + VK_FEED_FRESH_MS > c->fresh_until_ms) {
-    c->fresh_until_ms = published + VK_FEED_FRESH_MS;
+  vk_verify_cache_feed_heard(c, strtoull(num, NULL, 10));
+}
+
+void vk_verify_cache_feed_heard(vk_verify_cache_t *c, uint64_t published_ms) {
+  if (published_ms + VK_FEED_FRESH_MS > c->fresh_until_ms) {
+    c->fresh_until_ms = published_ms + VK_FEED_FRESH_MS;
   }
 }
 

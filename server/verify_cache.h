@@ -1,13 +1,14 @@
 // verify_cache.h: the in-process caches in front of Redis on the
 // verification hot path:
-//  - token signatures: SHA-256(claims || signature) -> verified, until a TTL;
+//  - token signatures: SHA-256(claims || signature) -> verified, until a TTL
+//    (4-way set-associative, LRU within a set);
 //  - key status: key id -> (status, version), dropped for a whole vehicle as
 //    soon as anything is published on its `vk:veh:{VIN}:notify` channel
 //    (every write that changes a key publishes there), and trusted only
 //    while that feed is subscribed;
 //  - issuer public keys: key id -> Ed25519 public key (they never change).
-// All are fixed-size and direct-mapped: bounded memory, O(1), and a
-// collision costs only a refill. Loop thread only.
+// All are fixed-size: bounded memory, O(1), and a miss costs only a refill
+// (the status cache is direct-mapped). Loop thread only.
 #ifndef VK_VERIFY_CACHE_H
 #define VK_VERIFY_CACHE_H
 
@@ -73,6 +74,11 @@ void vk_verify_cache_feed_state(vk_verify_cache_t *c, bool up);
 #define VK_FEED_FRESH_MS 100
 int vk_verify_cache_feed_start(vk_verify_cache_t *c, uv_loop_t *loop,
                                vk_redis_t *redis, const char *url);
+
+// vk_verify_cache_feed_heard records that our heartbeat published at
+// `published_ms` (vk_now_ms) came back on the feed: the cache is trusted
+// until published_ms + VK_FEED_FRESH_MS.
+void vk_verify_cache_feed_heard(vk_verify_cache_t *c, uint64_t published_ms);
 
 // Issuer public keys (the service's key-signing keys).
 const uint8_t *vk_verify_cache_issuer(const vk_verify_cache_t *c,
