@@ -14,9 +14,7 @@
 void vk_redis_script_init(vk_redis_script_t *s, const char *src) {
   uint8_t d[SHA_DIGEST_LENGTH];
   SHA1((const uint8_t *)src, strlen(src), d);
-  for (size_t i = 0; i < sizeof(d); i++) {
-    snprintf(s->sha + 2 * i, 3, "%02x", d[i]);
-  }
+  vk_hex_encode(s->sha, d, sizeof(d));
   s->src = src;
 }
 

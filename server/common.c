@@ -45,3 +45,12 @@ int64_t vk_wall_ms(void) {
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+void vk_hex_encode(char *out, const uint8_t *in, size_t len) {
+  static const char kHex[] = "0123456789abcdef";
+  for (size_t i = 0; i < len; i++) {
+    out[2 * i] = kHex[in[i] >> 4];
+    out[2 * i + 1] = kHex[in[i] & 15];
+  }
+  out[2 * len] = '\0';
+}

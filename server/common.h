@@ -34,6 +34,10 @@ const char *vk_strerror(int rv);
 // vk_now_ms returns a monotonic clock in milliseconds.
 uint64_t vk_now_ms(void);
 
+// vk_hex_encode writes `len` bytes as 2 * len lowercase hex digits and a
+// NUL into `out` (2 * len + 1 bytes).
+void vk_hex_encode(char *out, const uint8_t *in, size_t len);
+
 // vk_wall_ms returns the wall clock in Unix milliseconds.
 int64_t vk_wall_ms(void);
 

@@ -527,9 +527,7 @@ void vk_auth_vehicle(vk_app_t *app, vk_call_t *call, const char *vin,
   snprintf(v->who.subject, sizeof(v->who.subject), "%s", vin);
   memcpy(v->sig, a->signature.data, 64);
   char hex[65];
-  for (size_t i = 0; i < a->nonce.len; i++) {
-    snprintf(hex + 2 * i, 3, "%02x", a->nonce.data[i]);
-  }
+  vk_hex_encode(hex, a->nonce.data, a->nonce.len);
   char suffix[80];
   snprintf(suffix, sizeof(suffix), "nonce:%s", hex);
   vk_store_vehicle_sub(v->nonce_key, vin, suffix);

@@ -348,9 +348,7 @@ static void state_read(vk_redis_t *redis, int status, const redisReply *reply,
 static void token_sig_key(char out[VK_REDIS_KEY_MAX], const verify_req_t *r,
                           const item_t *it) {
   char suffix[4 + 2 * 32 + 1] = "sig:";
-  for (size_t i = 0; i < 32; i++) {
-    snprintf(suffix + 4 + 2 * i, 3, "%02x", it->token_digest[i]);
-  }
+  vk_hex_encode(suffix + 4, it->token_digest, 32);
   vk_store_vehicle_sub(out, r->vin, suffix);
 }
 
@@ -624,9 +622,7 @@ static void stage_commit(verify_req_t *r) {
     char key[VK_REDIS_KEY_MAX], chal[VK_REDIS_KEY_MAX];
     char suffix[8 + 2 * kMaxChallenge + 1];
     memcpy(suffix, "chal:", 5);
-    for (size_t j = 0; j < it->in->challenge.len; j++) {
-      snprintf(suffix + 5 + 2 * j, 3, "%02x", it->in->challenge.data[j]);
-    }
+    vk_hex_encode(suffix + 5, it->in->challenge.data, it->in->challenge.len);
     vk_store_key(key, it->claims->key_id);
     vk_store_vehicle_sub(chal, r->vin, suffix);
     if (state_still_current(r, it)) {

@@ -333,9 +333,7 @@ int vk_verify_cache_feed_start(vk_verify_cache_t *c, uv_loop_t *loop,
                                vk_redis_t *redis, const char *url) {
   uint8_t id[8];
   RAND_bytes(id, sizeof(id));
-  for (size_t i = 0; i < sizeof(id); i++) {
-    snprintf(c->instance + 2 * i, 3, "%02x", id[i]);
-  }
+  vk_hex_encode(c->instance, id, sizeof(id));
   c->redis = redis;
   vk_subscriber_config_t cfg = {
       .url = url,
