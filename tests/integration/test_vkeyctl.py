@@ -95,6 +95,12 @@ class UsageTest(VkeyctlMixin, vkharness.ServerTestCase):
             (("vehicle-sync", VIN, "--vehicle-key", "k", "--store", "s",
               "--follow", "--until-idle", "3"), "not allowed"),
             (("phone-keygen",), "--out"),
+            (("verify", f"{VIN}.0123456789abcdef", "--as", "alice"),
+             "--function"),
+            (("verify", "--as", "alice", "--function", "unlock"), "KEYID"),
+            (("key-status", VIN, f"{VIN}.0123456789abcdef"),
+             "--vehicle-key"),
+            (("key-status", VIN, "--vehicle-key", "k"), "KEYID"),
             (("--timeout", "soon", "users"), "invalid float"),
         ]
         for args, fragment in cases:
@@ -118,12 +124,19 @@ class UsageTest(VkeyctlMixin, vkharness.ServerTestCase):
                      "vehicles", "users", "audit", "phone-keygen", "apply",
                      "keys", "key", "manage", "phone-keys", "issuer-keys",
                      "vehicle-keygen", "vehicle-sync", "vehicle-report",
-                     "token", "health", "call"):
+                     "verify", "key-status", "token", "health", "call"):
             with self.subTest(command=name):
                 self.assertIn(name, top)
                 out = self.ctl(name, "--help").stdout
                 self.assertIn(f"usage: vkeyctl {name}", out)
                 self.assertIn("--server", out)  # global flags anywhere
+
+    def test_verify_documents_its_exit_status(self):
+        out = self.ctl("verify", "--help").stdout
+        self.assertIn("exit status:", out)
+        for line in ("0  ALLOW", "3  DENY", "1  an error"):
+            self.assertIn(line, out)
+        self.assertIn("exit 0 ALLOW, 3 DENY", self.ctl("--help").stdout)
 
     def test_server_down(self):
         port = vkharness.free_port()
@@ -267,6 +280,161 @@ class ServerTest(VkeyctlMixin, vkharness.ServerTestCase):
                  "--token", tok)
         users = self.ctl_json("users", server=self.vkeyd)
         self.assertEqual([u["user_id"] for u in users], ["bob"])
+
+
+class VerifyTest(VkeyctlMixin, vkharness.ServerTestCase):
+    """verify and key-status against a real vkeyd: the operator's way and
+    the vehicle's (a session opened with its key), each deny reason the
+    key's state causes, and the errors of a phone store."""
+
+    def setUp(self):
+        super().setUp()
+        self.vkeyd = self.start_vkeyd()
+        self.car = self.path("car.key")
+        self.phone = self.path("alice-phone.key")
+        for args in (("register-user", "alice"),
+                     ("vehicle-keygen", "--out", self.car),
+                     ("register-vehicle", VIN, "--vehicle-key", self.car),
+                     ("set-owner", VIN, "alice"),
+                     ("phone-keygen", "--out", self.phone)):
+            self.ctl(*args, server=self.vkeyd)
+
+    def apply(self, phone, *extra):
+        return self.ctl("apply", "--as", "alice", "--vin", VIN,
+                        "--phone-key", phone, *extra,
+                        server=self.vkeyd).stdout.strip()
+
+    def verify(self, kid, *extra, function="unlock", expect=0):
+        return self.ctl("verify", kid, "--as", "alice", "--function",
+                        function, *extra, server=self.vkeyd,
+                        expect=expect).stdout
+
+    def key_status(self, *kids):
+        return self.ctl("key-status", VIN, *kids, "--vehicle-key", self.car,
+                        server=self.vkeyd).stdout
+
+    def assertDeny(self, out, kid, reason):
+        self.assertTrue(out.startswith(f"DENY {kid} {reason} ("), out)
+        self.assertTrue(out.endswith(")\n"), out)
+        self.assertEqual(len(out.splitlines()), 1, out)
+
+    def test_allow_deny_and_status(self):
+        kid = self.apply(self.phone)
+        car = ("--vehicle-key", self.car)
+        # As the operator, then as the car in its session: the phone key
+        # comes from the store, where apply recorded it.
+        self.assertEqual(self.verify(kid), f"ALLOW {kid} unlock\n")
+        self.assertEqual(self.verify(kid, *car), f"ALLOW {kid} unlock\n")
+        res = json.loads(self.verify(kid, "--json", *car, function="drive"))
+        self.assertEqual(res, {"decision": "DECISION_ALLOW", "key_id": kid})
+        unknown = f"{VIN}.0000000000000000"
+        self.assertEqual(self.key_status(kid, unknown),
+                         f"{kid}  active  v1\n{unknown}  unknown\n")
+
+        self.ctl("manage", kid, "suspend", "--as", "alice",
+                 server=self.vkeyd)
+        self.assertDeny(self.verify(kid, *car, expect=3), kid, "SUSPENDED")
+        self.assertDeny(self.verify(kid, expect=3), kid, "SUSPENDED")
+        res = json.loads(self.verify(kid, "--json", expect=3))
+        self.assertEqual(res["decision"], "DECISION_DENY")
+        self.assertEqual(res["reason"], "DENY_REASON_SUSPENDED")
+        self.assertEqual(self.key_status(kid), f"{kid}  suspended  v1\n")
+
+        self.ctl("manage", kid, "resume", "--as", "alice", server=self.vkeyd)
+        self.assertEqual(self.verify(kid, *car), f"ALLOW {kid} unlock\n")
+        self.ctl("manage", kid, "revoke", "--as", "alice", server=self.vkeyd)
+        self.assertDeny(self.verify(kid, *car, expect=3), kid, "REVOKED")
+        self.assertEqual(self.key_status(kid), f"{kid}  revoked  v1\n")
+
+    def test_p256_phone_functions_and_proofs(self):
+        p256 = self.path("p256.pem")
+        self.ctl("phone-keygen", "--p256", "--out", p256)
+        store = self.path("elsewhere.json")
+        kid = self.apply(p256, "--type", "shared", "--functions", "unlock",
+                         "--store", store)
+        self.assertEqual(self.verify(kid, "--store", store,
+                                     "--vehicle-key", self.car),
+                         f"ALLOW {kid} unlock\n")
+        self.assertDeny(self.verify(kid, "--store", store, function="drive",
+                                    expect=3),
+                        kid, "FUNCTION_NOT_PERMITTED")
+        # Another P-256 key signs a proof vkey refuses; an Ed25519 key
+        # cannot sign for a P-256 key at all.
+        other = self.path("other.pem")
+        self.ctl("phone-keygen", "--p256", "--out", other)
+        r = self.ctl("verify", kid, "--as", "alice", "--function", "unlock",
+                     "--store", store, "--phone-key", other,
+                     server=self.vkeyd, expect=3)
+        self.assertDeny(r.stdout, kid, "BAD_PROOF")
+        self.assertIn("warning", r.stderr)
+        r = self.ctl("verify", kid, "--as", "alice", "--function", "unlock",
+                     "--store", store, "--phone-key", self.phone,
+                     server=self.vkeyd, check=False)
+        self.assertOneLineError(r, 1, "ecdsa-p256", self.phone)
+
+    def test_session_resyncs_once(self):
+        # In-process, where the vehicle can lose its counter on purpose: the
+        # refusal's resync info is adopted and the call retried once.
+        kid = self.apply(self.phone)
+        mod = load_vkeyctl()
+        args = mod.build_parser().parse_args(
+            ["--server", self.vkeyd.target, "key-status", VIN, kid,
+             "--vehicle-key", self.car])
+        client = mod.Client(args)
+        self.addCleanup(client.close)
+        session = mod.open_session(client, VIN,
+                                   vkcreds.Ed25519Key.load(self.car))
+        req = mod.verify_pb2.CheckKeyStatusRequest(vin=VIN, key_ids=[kid])
+        for _ in range(3):
+            mod.session_call(client, session, "CheckKeyStatus", req)
+        session.counter = 0  # its next counter, 1, was seen: a replay
+        resp = mod.session_call(client, session, "CheckKeyStatus", req)
+        self.assertEqual(resp.keys[0].status, common_pb2.KEY_STATUS_ACTIVE)
+        self.assertGreaterEqual(session.counter, 4)
+
+    def test_store_and_credential_errors(self):
+        kid = self.apply(self.phone)
+        store = os.path.join(self.workdir, ".vkey", "phone-alice.json")
+        unknown = f"{VIN}.0123456789abcdef"
+        r = self.ctl("verify", unknown, "--as", "alice", "--function",
+                     "unlock", server=self.vkeyd, check=False)
+        self.assertOneLineError(r, 1, f"key {unknown} is not in the phone "
+                                f"store {store}")
+        self.assertEqual(r.stdout, "")
+        r = self.ctl("verify", kid, "--as", "bob", "--function", "unlock",
+                     server=self.vkeyd, check=False)
+        self.assertOneLineError(r, 1, "phone-bob.json does not exist")
+        r = self.ctl("verify", kid, "--as", "alice", "--function", "fly",
+                     server=self.vkeyd, check=False)
+        self.assertOneLineError(r, 1, "unknown function 'fly'")
+        # A store that does not say which phone key holds the key.
+        with open(store) as f:
+            data = json.load(f)
+        del data["keys"][kid]["phone_key"]
+        bare = self.path("bare.json")
+        with open(bare, "w") as f:
+            json.dump(data, f)
+        r = self.ctl("verify", kid, "--as", "alice", "--function", "unlock",
+                     "--store", bare, server=self.vkeyd, check=False)
+        self.assertOneLineError(r, 1, "pass --phone-key")
+        self.assertEqual(self.verify(kid, "--store", bare, "--phone-key",
+                                     self.phone), f"ALLOW {kid} unlock\n")
+        # Another vehicle key is no session; a user is no operator.
+        r = self.ctl("verify", kid, "--as", "alice", "--function", "unlock",
+                     "--vehicle-key", self.phone, server=self.vkeyd,
+                     check=False)
+        self.assertOneLineError(r, 1, "UNAUTHENTICATED")
+        r = self.ctl("key-status", VIN, kid, "--vehicle-key", self.phone,
+                     server=self.vkeyd, check=False)
+        self.assertOneLineError(r, 1, "UNAUTHENTICATED")
+        tok = self.ctl("token", "--user", "alice",
+                       server=self.vkeyd).stdout.strip()
+        r = self.ctl("--token", tok, "verify", kid, "--as", "alice",
+                     "--function", "unlock", server=self.vkeyd, check=False)
+        self.assertOneLineError(r, 1, "PERMISSION_DENIED")
+        r = self.ctl("key-status", VIN, *[kid] * 65, "--vehicle-key",
+                     self.car, server=self.vkeyd, check=False)
+        self.assertOneLineError(r, 1, "at most 64 key ids")
 
 
 def load_vkeyctl():
