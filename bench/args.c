@@ -26,6 +26,18 @@ typedef enum {
   OPT_HELP,
   OPT_DUMP_REQUEST,
   OPT_HEALTH_SERVICE,
+  OPT_DATA_DIR,
+  OPT_VEHICLES,
+  OPT_SEED,
+  OPT_SIGNERS,
+  OPT_RING,
+  OPT_COLD_KEYS,
+  OPT_SOURCES,
+  OPT_PUSH,
+  OPT_PUSH_RATE,
+  OPT_HOLD,
+  OPT_REDIS,
+  OPT_REDIS_PID,
 } opt_id_t;
 
 typedef struct {
@@ -49,6 +61,18 @@ static const opt_t kOpts[] = {
     {'h', "help", 0, OPT_HELP},
     {0, "dump-request", 1, OPT_DUMP_REQUEST},
     {0, "health-service", 1, OPT_HEALTH_SERVICE},
+    {0, "data-dir", 1, OPT_DATA_DIR},
+    {0, "vehicles", 1, OPT_VEHICLES},
+    {0, "seed", 1, OPT_SEED},
+    {0, "signers", 1, OPT_SIGNERS},
+    {0, "ring", 1, OPT_RING},
+    {0, "cold-keys", 1, OPT_COLD_KEYS},
+    {0, "sources", 1, OPT_SOURCES},
+    {0, "push", 1, OPT_PUSH},
+    {0, "push-rate", 1, OPT_PUSH_RATE},
+    {0, "hold", 1, OPT_HOLD},
+    {0, "redis", 1, OPT_REDIS},
+    {0, "redis-pid", 1, OPT_REDIS_PID},
 };
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -197,12 +221,69 @@ static const opt_t *find_short(char c) {
 }
 
 typedef struct {
+  int seen_streams;
+  int seen_connections;
   int seen_duration;
   int seen_requests;
   int seen_rate;
   const char *scenario;
   const char *target;
 } parse_state_t;
+
+// The integer options of the signed scenarios, each with its range.
+static int apply_count(vk_bench_config_t *cfg, char *err, size_t errlen,
+                       const opt_t *o, const char *val) {
+  static const struct {
+    opt_id_t id;
+    uint64_t min, max;
+  } kRanges[] = {
+      {OPT_VEHICLES, 1, VK_BENCH_MAX_VEHICLES},
+      {OPT_SEED, 0, 99999999},
+      {OPT_SIGNERS, 1, VK_BENCH_MAX_SIGNERS},
+      {OPT_RING, 16, 1u << 20},
+      {OPT_COLD_KEYS, 1, 10000000},
+      {OPT_SOURCES, 1, 250},
+      {OPT_PUSH, 0, VK_BENCH_MAX_VEHICLES},
+  };
+  uint64_t u = 0;
+  for (size_t i = 0; i < VK_ARRAY_LEN(kRanges); i++) {
+    if (kRanges[i].id != o->id) {
+      continue;
+    }
+    if (parse_u64(&u, val) != VK_OK || u < kRanges[i].min ||
+        u > kRanges[i].max) {
+      return fail(err, errlen, "--%s must be %llu..%llu, got '%s'",
+                  o->long_name, (unsigned long long)kRanges[i].min,
+                  (unsigned long long)kRanges[i].max, val);
+    }
+  }
+  uint32_t v = (uint32_t)u;
+  vk_bench_params_t *p = &cfg->params;
+  switch (o->id) {
+    case OPT_VEHICLES:
+      p->vehicles = v;
+      break;
+    case OPT_SEED:
+      p->seed = v;
+      break;
+    case OPT_SIGNERS:
+      p->signers = v;
+      break;
+    case OPT_RING:
+      p->ring = v;
+      break;
+    case OPT_COLD_KEYS:
+      p->cold_keys = v;
+      break;
+    case OPT_SOURCES:
+      p->sources = v;
+      break;
+    default:
+      p->push = v;
+      break;
+  }
+  return VK_OK;
+}
 
 static int apply(vk_bench_config_t *cfg, parse_state_t *st, char *err,
                  size_t errlen, const opt_t *o, const char *val) {
@@ -216,6 +297,7 @@ static int apply(vk_bench_config_t *cfg, parse_state_t *st, char *err,
                     VK_BENCH_MAX_CONNECTIONS, val);
       }
       cfg->connections = (uint32_t)u;
+      st->seen_connections = 1;
       return VK_OK;
     case OPT_STREAMS:
       if (parse_u64(&u, val) != VK_OK || u < 1 || u > VK_BENCH_MAX_STREAMS) {
@@ -223,6 +305,7 @@ static int apply(vk_bench_config_t *cfg, parse_state_t *st, char *err,
                     VK_BENCH_MAX_STREAMS, val);
       }
       cfg->streams = (uint32_t)u;
+      st->seen_streams = 1;
       return VK_OK;
     case OPT_DURATION:
       if (parse_double(&d, val) != VK_OK || d <= 0 ||
@@ -266,11 +349,16 @@ static int apply(vk_bench_config_t *cfg, parse_state_t *st, char *err,
       st->scenario = val;
       return VK_OK;
     case OPT_SERVER_PID:
+    case OPT_REDIS_PID:
       if (parse_u64(&u, val) != VK_OK || u < 1 || u > INT32_MAX) {
-        return fail(err, errlen, "--server-pid must be a process id, got '%s'",
-                    val);
+        return fail(err, errlen, "--%s must be a process id, got '%s'",
+                    o->long_name, val);
       }
-      cfg->server_pid = (int64_t)u;
+      if (o->id == OPT_SERVER_PID) {
+        cfg->server_pid = (int64_t)u;
+      } else {
+        cfg->redis_pid = (int64_t)u;
+      }
       return VK_OK;
     case OPT_JSON:
       cfg->json = 1;
@@ -290,6 +378,38 @@ static int apply(vk_bench_config_t *cfg, parse_state_t *st, char *err,
     case OPT_HEALTH_SERVICE:
       cfg->params.health_service = val;
       return VK_OK;
+    case OPT_DATA_DIR:
+      if (*val == '\0') {
+        return fail(err, errlen, "--data-dir needs a directory");
+      }
+      cfg->params.data_dir = val;
+      return VK_OK;
+    case OPT_REDIS:
+      if (*val == '\0') {
+        return fail(err, errlen, "--redis needs a unix socket or HOST:PORT");
+      }
+      cfg->params.redis = val;
+      return VK_OK;
+    case OPT_VEHICLES:
+    case OPT_SEED:
+    case OPT_SIGNERS:
+    case OPT_RING:
+    case OPT_COLD_KEYS:
+    case OPT_SOURCES:
+    case OPT_PUSH:
+      return apply_count(cfg, err, errlen, o, val);
+    case OPT_PUSH_RATE:
+    case OPT_HOLD:
+      if (parse_double(&d, val) != VK_OK || d < 0 || d > VK_BENCH_MAX_SECONDS ||
+          (o->id == OPT_PUSH_RATE && d <= 0)) {
+        return fail(err, errlen, "--%s: bad value '%s'", o->long_name, val);
+      }
+      if (o->id == OPT_PUSH_RATE) {
+        cfg->params.push_rate = d;
+      } else {
+        cfg->params.hold_s = d;
+      }
+      return VK_OK;
   }
   return fail(err, errlen, "internal: unhandled option");
 }
@@ -301,6 +421,15 @@ int vk_bench_args_parse(vk_bench_config_t *cfg, char *err, size_t errlen,
   cfg->streams = 32;
   cfg->warmup_s = 1;
   cfg->params.health_service = "";
+  cfg->params.vehicles = 64;
+  cfg->params.seed = 1;
+  cfg->params.signers = 1;
+  cfg->params.ring = 16384;
+  cfg->params.cold_keys = 50000;
+  cfg->params.sources = 16;
+  cfg->params.push = 200;
+  cfg->params.push_rate = 100;
+  cfg->params.hold_s = 2;
   if (errlen > 0) {
     err[0] = '\0';
   }
@@ -379,6 +508,37 @@ int vk_bench_args_parse(vk_bench_config_t *cfg, char *err, size_t errlen,
     return fail(err, errlen, "scenario '%s' is not yet available: %s", name,
                 cfg->scenario->missing);
   }
+  const vk_bench_scenario_t *sc = cfg->scenario;
+  if (sc->workload != VK_BENCH_WORK_POOL) {
+    if (cfg->dump_request != NULL) {
+      return fail(err, errlen,
+                  "--dump-request: scenario '%s' signs each request afresh; "
+                  "there is no fixed request to dump",
+                  name);
+    }
+    if (cfg->params.data_dir == NULL) {
+      return fail(err, errlen,
+                  "scenario '%s' needs --data-dir (vkeyd's, for its "
+                  "identity-issuer.key)",
+                  name);
+    }
+  }
+  if (sc->kind == VK_BENCH_KIND_CONNECT) {
+    // -m is vehicles per connection here: one each unless told.
+    if (!st.seen_streams) {
+      cfg->streams = 1;
+    }
+    uint64_t conns =
+        ((uint64_t)cfg->params.vehicles + cfg->streams - 1) / cfg->streams;
+    if (conns > VK_BENCH_MAX_CONNECTIONS) {
+      return fail(err, errlen,
+                  "--vehicles %u with -m %u needs %llu connections; at most "
+                  "%u fit the open-file limit (raise -m)",
+                  cfg->params.vehicles, cfg->streams, (unsigned long long)conns,
+                  VK_BENCH_MAX_CONNECTIONS);
+    }
+    cfg->connections = (uint32_t)conns;
+  }
   if (st.target == NULL) {
     if (cfg->dump_request != NULL) {
       return VK_OK;  // dumping the request needs no server
@@ -409,11 +569,33 @@ void vk_bench_usage(FILE *out) {
       "  -s, --scenario NAME   what to send (default health), see below\n"
       "      --server-pid PID  report the server's CPU seconds, CPU per\n"
       "                        request and RSS over the measured window\n"
+      "      --redis-pid PID   the same for redis-server (default: the pid in\n"
+      "                        DATA-DIR/redis.pid, vkeyd's embedded Redis)\n"
       "      --json            print one JSON object on stdout\n"
       "  -q, --quiet           no progress line on stderr\n"
       "      --dump-request F  write the scenario's framed request body to F\n"
       "                        and exit (for h2load -d F)\n"
       "      --health-service S  HealthCheckRequest.service (default \"\")\n"
+      "\n"
+      "Signed scenarios (verify*, check, connect) provision a fleet through\n"
+      "vkeyd's public API first, then sign requests in their own threads:\n"
+      "      --data-dir DIR    vkeyd's data directory (identity-issuer.key)\n"
+      "      --vehicles N      vehicles (default 64)\n"
+      "      --seed N          names the fleet: VINs, keys, request ids\n"
+      "                        (default 1; re-runs reuse what exists)\n"
+      "      --signers N       signing threads (default 1)\n"
+      "      --ring N          requests kept ready per signer (default "
+      "16384)\n"
+      "      --cold-keys N     verify-cold: keys made for the run, each used\n"
+      "                        once (default 50000)\n"
+      "connect (-m is vehicles per connection, default 1; -c is derived):\n"
+      "      --sources N       127.0.0.x source addresses (default 16)\n"
+      "      --push N          vehicles sent one key event (default 200)\n"
+      "      --push-rate R     those events per second (default 100)\n"
+      "      --hold S          seconds to hold the channels at the end\n"
+      "                        (default 2)\n"
+      "      --redis ADDR      Redis for INFO memory: unix socket path or\n"
+      "                        HOST:PORT (default DATA-DIR/redis.sock)\n"
       "  -h, --help            this text\n"
       "\n"
       "Scenarios:\n",

@@ -19,6 +19,8 @@ extern "C" {
 #define VK_BENCH_MAX_STREAMS 65536u
 #define VK_BENCH_MAX_RATE 1e8
 #define VK_BENCH_MAX_SECONDS 86400.0
+#define VK_BENCH_MAX_VEHICLES 1000000u
+#define VK_BENCH_MAX_SIGNERS 16u
 
 typedef struct vk_bench_config_s {
   char host[256];        // target host or IP literal, without brackets
@@ -33,9 +35,12 @@ typedef struct vk_bench_config_s {
   const vk_bench_scenario_t *scenario;  // never NULL after a parse
   vk_bench_params_t params;             // scenario parameters
   int64_t server_pid;                   // --server-pid; 0: none
-  int json;                             // --json: one JSON object on stdout
-  int quiet;                            // -q: no progress lines
-  int help;                             // -h: print usage, run nothing
+  // --redis-pid, else redis-server's pid from DATA-DIR/redis.pid (vkeyd's
+  // embedded Redis), found by main; 0: none.
+  int64_t redis_pid;
+  int json;                  // --json: one JSON object on stdout
+  int quiet;                 // -q: no progress lines
+  int help;                  // -h: print usage, run nothing
   const char *dump_request;  // --dump-request FILE: write body, run nothing
 } vk_bench_config_t;
 

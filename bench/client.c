@@ -13,6 +13,12 @@
 // too coarse at 100k req/s); latency runs from the intended time, so a
 // request that waits for a free stream is charged for the wait.
 //
+// Requests come from a prebuilt pool or from signer threads' rings
+// (signer.h). A ring request is copied into its stream slot when taken, so
+// the ring slot is free at once. An empty ring (the signers fell behind)
+// is polled every millisecond and counted: the client is then the
+// bottleneck, and the report says so.
+//
 // Timeline: CONNECTING (until every server SETTINGS arrived) -> WARMUP ->
 // MEASURE (the window; only calls completing in it are counted) -> DONE.
 // Nothing is torn down inside an nghttp2 callback (STYLE rule 9): callbacks
@@ -48,6 +54,10 @@
 // HTTP/2 flow-control windows, as h2load's defaults (-w 30 -W 30), so that
 // the h2load cross-check compares like with like.
 #define WINDOW_SIZE ((1 << 30) - 1)
+// A signed request older than this is not sent: its proof timestamp or
+// session expiry would be too close to the service's limits (30 s).
+#define MAX_REQUEST_AGE_NS (20ull * 1000 * 1000 * 1000)
+#define MAX_HEADERS 16
 
 typedef enum {
   PHASE_CONNECTING,
@@ -62,9 +72,11 @@ typedef struct conn_s conn_t;
 typedef struct stream_s {
   conn_t *conn;
   struct stream_s *next_free;
-  const vk_bench_req_t *req;
-  uint64_t start_ns;  // intended (open loop) or submission time
-  size_t sent;        // request body bytes given to nghttp2
+  vk_bench_req_t req;  // body (and hdr value) in the pool or in `own`
+  vk_bench_buf_t own;  // this call's copy of a ring request
+  int prepared;        // `req` is filled, the slot not yet submitted
+  uint64_t start_ns;   // intended (open loop) or submission time
+  size_t sent;         // request body bytes given to nghttp2
   int in_use;
   int http_status;        // :status, 0 until seen
   int grpc_status;        // -1 until seen
@@ -97,7 +109,7 @@ struct conn_s {
 struct bench_s {
   uv_loop_t loop;
   const vk_bench_config_t *cfg;
-  const vk_bench_pool_t *pool;
+  const vk_bench_source_t *src;
   vk_bench_result_t *res;
   nghttp2_session_callbacks *cbs;
   nghttp2_option *opt;
@@ -118,6 +130,17 @@ struct bench_s {
   uv_timer_t progress_timer;
   uv_signal_t sigint;
   uv_poll_t sched_poll;
+  uv_timer_t starve_timer;  // polls the rings while they are empty
+  int starved;
+  uint32_t next_ring;
+  uint64_t taken;  // requests taken from the rings
+  uint64_t dry;    // times every ring was empty when a stream was free
+  uint64_t stale;
+  uint64_t signed0;  // signer totals at the window's start
+  double signer_cpu0;
+  uint64_t taken0;
+  uint64_t dry0;
+  uint64_t stale0;
   int timer_fd;
   int open_loop;
   vk_sched_t sched;
@@ -129,6 +152,7 @@ struct bench_s {
   double client_cpu0;
   vk_machine_sample_t machine0;
   vk_proc_sample_t server0;
+  vk_proc_sample_t redis0;
   // Progress: the current one-second interval.
   vk_hist_t interval;
   uint64_t interval_ok;
@@ -176,9 +200,27 @@ static void bench_shutdown(bench_t *b);
 static void conn_flush(conn_t *c);
 static void sched_dispatch(bench_t *b);
 
-// --- the measured window --------------------------------------------------
+// --- the measured window ---------------------------------------------------
 
 static void begin_window(bench_t *b);
+
+// signer_totals sums the signer threads' counters and ring levels.
+static void signer_totals(const bench_t *b, uint64_t *made, double *cpu_s,
+                          uint32_t *level, uint32_t *capacity) {
+  *made = 0;
+  *cpu_s = 0;
+  *level = 0;
+  *capacity = 0;
+  for (size_t i = 0; i < b->src->n_signers; i++) {
+    vk_bench_signer_stats_t st;
+    vk_bench_signer_stats(b->src->signers[i], &st);
+    vk_bench_ring_t *ring = vk_bench_signer_ring(b->src->signers[i]);
+    *made += st.made;
+    *cpu_s += st.cpu_s;
+    *level += vk_bench_ring_level(ring);
+    *capacity += vk_bench_ring_capacity(ring);
+  }
+}
 
 static void end_window(bench_t *b) {
   if (b->phase != PHASE_MEASURE) {
@@ -206,7 +248,29 @@ static void end_window(bench_t *b) {
               (long long)b->cfg->server_pid);
     }
   }
+  if (b->cfg->redis_pid > 0) {
+    vk_proc_sample_t s1;
+    if (vk_proc_sample(&s1, b->cfg->redis_pid) == VK_OK) {
+      r->has_redis = 1;
+      r->redis_cpu_s = s1.cpu_s - b->redis0.cpu_s;
+      r->redis_rss_kb_before = b->redis0.rss_kb;
+      r->redis_rss_kb_after = s1.rss_kb;
+    }
+  }
   r->unfinished = b->inflight;
+  r->taken_total = b->taken;
+  if (b->src->n_signers > 0) {
+    uint64_t made;
+    double cpu_s;
+    r->has_signers = 1;
+    r->signers = (uint32_t)b->src->n_signers;
+    signer_totals(b, &made, &cpu_s, &r->ring_end, &r->ring_capacity);
+    r->signed_in_window = made - b->signed0;
+    r->signer_cpu_s = cpu_s - b->signer_cpu0;
+    r->taken_in_window = b->taken - b->taken0;
+    r->ring_dry = b->dry - b->dry0;
+    r->stale = b->stale - b->stale0;
+  }
   b->phase = PHASE_DONE;
 }
 
@@ -226,6 +290,16 @@ static void begin_window(bench_t *b) {
     fprintf(stderr, "vkey-bench: warning: cannot read /proc/%lld\n",
             (long long)b->cfg->server_pid);
   }
+  if (b->cfg->redis_pid > 0) {
+    (void)vk_proc_sample(&b->redis0, b->cfg->redis_pid);
+  }
+  if (b->src->n_signers > 0) {
+    uint32_t cap;
+    signer_totals(b, &b->signed0, &b->signer_cpu0, &b->res->ring_start, &cap);
+    b->taken0 = b->taken;
+    b->dry0 = b->dry;
+    b->stale0 = b->stale;
+  }
   b->window_start_ns = uv_hrtime();
   if (b->cfg->duration_s > 0) {
     uv_timer_start(&b->phase_timer, on_window_timer,
@@ -238,13 +312,13 @@ static void on_warmup_timer(uv_timer_t *t) {
   begin_window(b);
 }
 
-// --- recording one finished call -----------------------------------------
+// --- recording one finished call -------------------------------------------
 
 typedef enum { OUT_OK, OUT_GRPC, OUT_HTTP, OUT_BAD } outcome_t;
 
 static outcome_t classify(bench_t *b, stream_t *s, uint32_t error_code,
-                          int *out_code) {
-  const char *why = NULL;
+                          int *out_code, const char **out_why) {
+  const char *why = "bad gRPC framing";
   *out_code = 0;
   if (error_code != NGHTTP2_NO_ERROR) {
     note_first_error(b, "stream reset: %s", nghttp2_http2_strerror(error_code));
@@ -273,14 +347,16 @@ static outcome_t classify(bench_t *b, stream_t *s, uint32_t error_code,
   size_t len;
   if (vk_bench_grpc_unframe(&msg, &len, &why, s->resp.data, s->resp.len) !=
           VK_OK ||
-      b->cfg->scenario->check(&why, msg, len) != VK_OK) {
+      b->cfg->scenario->check(&why, s->req.path, msg, len) != VK_OK) {
     note_first_error(b, "bad response: %s", why);
+    *out_why = why;
     return OUT_BAD;
   }
   return OUT_OK;
 }
 
-static void record(bench_t *b, outcome_t o, int code, uint64_t latency_us) {
+static void record(bench_t *b, outcome_t o, int code, const char *why,
+                   uint64_t latency_us) {
   if (o == OUT_OK) {
     b->interval_ok++;
     vk_hist_record(&b->interval, latency_us);
@@ -307,7 +383,7 @@ static void record(bench_t *b, outcome_t o, int code, uint64_t latency_us) {
       r->http_errors++;
       break;
     case OUT_BAD:
-      r->bad_responses++;
+      vk_bench_result_bad(r, why != NULL ? why : "unknown");
       break;
   }
   b->done_in_window++;
@@ -339,11 +415,11 @@ static ssize_t on_data_source_read(nghttp2_session *session, int32_t stream_id,
   (void)session;
   (void)stream_id;
   (void)user_data;
-  size_t left = s->req->body_len - s->sent;
+  size_t left = s->req.body_len - s->sent;
   size_t n = left < length ? left : length;
-  memcpy(buf, s->req->body + s->sent, n);
+  memcpy(buf, s->req.body + s->sent, n);
   s->sent += n;
-  if (s->sent == s->req->body_len) {
+  if (s->sent == s->req.body_len) {
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
   }
   return (ssize_t)n;
@@ -416,12 +492,13 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id,
   uint64_t latency_us =
       now > s->start_ns ? (now - s->start_ns + 500) / 1000 : 0;
   int code;
-  outcome_t o = classify(c->bench, s, error_code, &code);
+  const char *why = NULL;
+  outcome_t o = classify(c->bench, s, error_code, &code, &why);
   // Release first, so that a window ended by this call (-n) does not count
   // it as unfinished. The slot's data stays intact until it is reused,
   // which never happens inside this callback.
   release_slot(c, s);
-  record(c->bench, o, code, latency_us);
+  record(c->bench, o, code, why, latency_us);
   return 0;
 }
 
@@ -443,7 +520,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
   return 0;
 }
 
-// --- connections ------------------------------------------------------------
+// --- connections -----------------------------------------------------------
 
 static void on_conn_ready(conn_t *c) {
   bench_t *b = c->bench;
@@ -502,32 +579,104 @@ static int conn_usable(const conn_t *c) {
          c->inflight < c->max_streams;
 }
 
+static void on_starve_timer(uv_timer_t *t);
+
+// take_signed copies the oldest fresh ring request into `s`. Returns 0, or
+// VK_EAGAIN when every ring is empty (the poll timer then retries).
+static int take_signed(bench_t *b, stream_t *s) {
+  const vk_bench_source_t *src = b->src;
+  uint64_t now = uv_hrtime();
+  for (size_t i = 0; i < src->n_signers; i++) {
+    size_t k = (b->next_ring + i) % src->n_signers;
+    vk_bench_ring_t *ring = vk_bench_signer_ring(src->signers[k]);
+    const vk_bench_slot_t *slot = vk_bench_ring_front(ring);
+    while (slot != NULL && now > slot->made_ns &&
+           now - slot->made_ns > MAX_REQUEST_AGE_NS) {
+      vk_bench_ring_pop(ring);
+      b->stale++;
+      slot = vk_bench_ring_front(ring);
+    }
+    if (slot == NULL) {
+      continue;
+    }
+    s->own.len = 0;
+    if (vk_bench_buf_append(&s->own, slot->data,
+                            slot->body_len + slot->hdr_len) != VK_OK) {
+      return VK_ENOMEM;
+    }
+    s->req.path = slot->path;
+    s->req.body = s->own.data;
+    s->req.body_len = slot->body_len;
+    s->req.hdr = (vk_bench_hdr_t){slot->hdr_name,
+                                  (const char *)s->own.data + slot->body_len,
+                                  slot->hdr_len};
+    vk_bench_ring_pop(ring);
+    b->next_ring = (uint32_t)((k + 1) % src->n_signers);
+    b->taken++;
+    return VK_OK;
+  }
+  if (!b->starved && !b->shutting_down) {
+    b->starved = 1;
+    b->dry++;
+    uv_timer_start(&b->starve_timer, on_starve_timer, 1, 0);
+  }
+  return VK_EAGAIN;
+}
+
+// conn_prepare fills the next free stream slot's request. Returns 0, or
+// VK_EAGAIN when the signers have none ready (nothing was consumed: the
+// open-loop schedule keeps its slot).
+static int conn_prepare(conn_t *c) {
+  bench_t *b = c->bench;
+  stream_t *s = c->free_list;
+  if (s->prepared) {
+    return VK_OK;
+  }
+  if (b->src->pool != NULL) {
+    s->req = b->src->pool->reqs[b->seq % b->src->pool->n];
+  } else {
+    int rv = take_signed(b, s);
+    if (rv != VK_OK) {
+      return rv;
+    }
+  }
+  s->prepared = 1;
+  return VK_OK;
+}
+
+// conn_submit sends the prepared request of the next free stream slot.
 static int conn_submit(conn_t *c, uint64_t start_ns) {
   bench_t *b = c->bench;
   stream_t *s = c->free_list;
-  const vk_bench_req_t *req = &b->pool->reqs[b->seq % b->pool->n];
   const vk_bench_config_t *cfg = b->cfg;
-#define VK_NV(n, v, vlen)                                            \
-  {                                                                  \
-    (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vlen),           \
-        NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE \
+  const vk_bench_source_t *src = b->src;
+  const vk_bench_req_t *req = &s->req;
+#define VK_NV(n, v, vlen)                                         \
+  (nghttp2_nv){(uint8_t *)(n), (uint8_t *)(v), strlen(n), (vlen), \
+               NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE}
+  // Names and values outlive the HEADERS frame: static strings, the pool,
+  // the source, the config and the stream's own copy (NO_COPY saves
+  // nghttp2 a copy per request).
+  nghttp2_nv nva[MAX_HEADERS];
+  size_t n = 0;
+  nva[n++] = VK_NV(":method", "POST", 4);
+  nva[n++] = VK_NV(":scheme", "http", 4);
+  nva[n++] = VK_NV(":path", req->path, strlen(req->path));
+  nva[n++] = VK_NV(":authority", cfg->authority, strlen(cfg->authority));
+  nva[n++] = VK_NV("content-type", "application/grpc", 16);
+  nva[n++] = VK_NV("te", "trailers", 8);
+  nva[n++] = VK_NV("user-agent", "vkey-bench/0.1", 14);
+  for (size_t i = 0; i < src->n_hdrs && n < MAX_HEADERS - 1; i++) {
+    nva[n++] =
+        VK_NV(src->hdrs[i].name, src->hdrs[i].value, src->hdrs[i].value_len);
   }
-  // Names and values outlive the HEADERS frame: static strings, the pool
-  // and the config (NO_COPY saves nghttp2 a copy per request).
-  const nghttp2_nv nva[] = {
-      VK_NV(":method", "POST", 4),
-      VK_NV(":scheme", "http", 4),
-      VK_NV(":path", req->path, strlen(req->path)),
-      VK_NV(":authority", cfg->authority, strlen(cfg->authority)),
-      VK_NV("content-type", "application/grpc", 16),
-      VK_NV("te", "trailers", 8),
-      VK_NV("user-agent", "vkey-bench/0.1", 14),
-  };
+  if (req->hdr.name != NULL) {
+    nva[n++] = VK_NV(req->hdr.name, req->hdr.value, req->hdr.value_len);
+  }
 #undef VK_NV
   nghttp2_data_provider prd;
   prd.source.ptr = s;
   prd.read_callback = on_data_source_read;
-  s->req = req;
   s->start_ns = start_ns;
   s->sent = 0;
   s->http_status = 0;
@@ -535,8 +684,7 @@ static int conn_submit(conn_t *c, uint64_t start_ns) {
   s->resp_over_cap = 0;
   s->grpc_message[0] = '\0';
   s->resp.len = 0;
-  int32_t id =
-      nghttp2_submit_request(c->h2, NULL, nva, VK_ARRAY_LEN(nva), &prd, s);
+  int32_t id = nghttp2_submit_request(c->h2, NULL, nva, n, &prd, s);
   if (id < 0) {
     // Stream ids exhausted (2^31 per connection) or out of memory: stop
     // using this connection for new calls.
@@ -548,6 +696,7 @@ static int conn_submit(conn_t *c, uint64_t start_ns) {
     return VK_EIO;
   }
   b->seq++;
+  s->prepared = 0;
   c->free_list = s->next_free;
   s->in_use = 1;
   c->inflight++;
@@ -561,9 +710,25 @@ static int conn_submit(conn_t *c, uint64_t start_ns) {
 static void conn_fill(conn_t *c) {
   uint64_t now = uv_hrtime();
   while (conn_usable(c) && may_issue(c->bench)) {
-    if (conn_submit(c, now) != VK_OK) {
+    if (conn_prepare(c) != VK_OK || conn_submit(c, now) != VK_OK) {
       break;
     }
+  }
+}
+
+static void on_starve_timer(uv_timer_t *t) {
+  bench_t *b = vk_container_of(t, bench_t, starve_timer);
+  b->starved = 0;
+  if (b->shutting_down) {
+    return;
+  }
+  if (b->open_loop) {
+    sched_dispatch(b);
+  } else {
+    for (uint32_t i = 0; i < b->nconns; i++) {
+      conn_fill(&b->conns[i]);
+    }
+    flush_dirty(b);
   }
 }
 
@@ -574,6 +739,7 @@ static void conn_closed(uv_handle_t *h) {
   c->h2 = NULL;
   for (uint32_t i = 0; i < b->cfg->streams; i++) {
     vk_bench_buf_cleanup(&c->streams[i].resp);
+    vk_bench_buf_cleanup(&c->streams[i].own);
   }
   vk_bench_buf_cleanup(&c->out);
   vk_bench_buf_cleanup(&c->wbuf);
@@ -620,7 +786,7 @@ static void conn_lost(conn_t *c, const char *why) {
     if (s->in_use) {
       note_first_error(b, "connection lost: %s", why);
       release_slot(c, s);
-      record(b, OUT_HTTP, 0, 0);
+      record(b, OUT_HTTP, 0, NULL, 0);
     }
   }
   conn_close(c);
@@ -773,7 +939,7 @@ static void on_connect(uv_connect_t *req, int status) {
   conn_flush(c);
 }
 
-// --- open loop --------------------------------------------------------------
+// --- open loop -------------------------------------------------------------
 
 static conn_t *pick_conn(bench_t *b) {
   if (b->free_slots == 0) {
@@ -807,6 +973,9 @@ static void sched_dispatch(bench_t *b) {
     if (c == NULL) {
       break;  // backlog: completions call us again
     }
+    if (conn_prepare(c) != VK_OK) {
+      break;  // backlog: the signers are behind; the poll timer retries
+    }
     uint64_t intended;
     if (!vk_sched_take(&b->sched, &intended, now)) {
       break;
@@ -835,7 +1004,7 @@ static void on_sched_timer(uv_poll_t *p, int status, int events) {
   sched_dispatch(b);
 }
 
-// --- phases, progress, shutdown ----------------------------------------------
+// --- phases, progress, shutdown --------------------------------------------
 
 static const char *phase_name(phase_t p) {
   switch (p) {
@@ -930,6 +1099,9 @@ static void bench_shutdown(bench_t *b) {
   if (!uv_is_closing((uv_handle_t *)&b->sigint)) {
     uv_close((uv_handle_t *)&b->sigint, NULL);
   }
+  if (!uv_is_closing((uv_handle_t *)&b->starve_timer)) {
+    uv_close((uv_handle_t *)&b->starve_timer, NULL);
+  }
   if (b->open_loop && !uv_is_closing((uv_handle_t *)&b->sched_poll)) {
     uv_close((uv_handle_t *)&b->sched_poll, on_sched_poll_closed);
   }
@@ -963,7 +1135,7 @@ static void on_sigint(uv_signal_t *sig, int signum) {
   bench_shutdown(b);
 }
 
-// --- setup ------------------------------------------------------------------
+// --- setup -----------------------------------------------------------------
 
 static int resolve(bench_t *b) {
   struct addrinfo hints;
@@ -1084,13 +1256,13 @@ static void bench_free(bench_t *b) {
 }
 
 int vk_bench_run(vk_bench_result_t *out, char *err, size_t errlen,
-                 const vk_bench_config_t *cfg, const vk_bench_pool_t *pool) {
+                 const vk_bench_config_t *cfg, const vk_bench_source_t *src) {
   bench_t *b = calloc(1, sizeof(*b));
   if (b == NULL) {
     return VK_ENOMEM;
   }
   b->cfg = cfg;
-  b->pool = pool;
+  b->src = src;
   b->res = out;
   b->err = err;
   b->errlen = errlen;
@@ -1100,11 +1272,9 @@ int vk_bench_run(vk_bench_result_t *out, char *err, size_t errlen,
   if (errlen > 0) {
     err[0] = '\0';
   }
-  if (cfg->scenario->kind != VK_BENCH_KIND_RPC) {
-    // Hook for the connection-scale run (issue 6, part 2): open -c
-    // connections over several 127.x source addresses, hold them, sample
-    // the server's RSS per connection. Its loop belongs beside this one.
-    set_error(b, VK_EINVAL, "scenario %s: its run loop is not written yet",
+  if (cfg->scenario->kind != VK_BENCH_KIND_RPC ||
+      (src->pool == NULL && src->n_signers == 0)) {
+    set_error(b, VK_EINVAL, "scenario %s: not a request-rate scenario",
               cfg->scenario->name);
     goto done;
   }
@@ -1145,6 +1315,7 @@ int vk_bench_run(vk_bench_result_t *out, char *err, size_t errlen,
   }
   uv_timer_init(&b->loop, &b->phase_timer);
   uv_timer_init(&b->loop, &b->progress_timer);
+  uv_timer_init(&b->loop, &b->starve_timer);
   uv_signal_init(&b->loop, &b->sigint);
   uv_signal_start(&b->sigint, on_sigint, SIGINT);
   uv_timer_start(&b->phase_timer, on_connect_timeout, CONNECT_TIMEOUT_MS, 0);

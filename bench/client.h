@@ -8,10 +8,22 @@
 #include "args.h"
 #include "report.h"
 #include "scenario.h"
+#include "signer.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+// Where requests come from: a prebuilt pool, or the rings of signer
+// threads (taken round-robin, a request at most once). `hdrs` go on every
+// request (e.g. the operator's authorization).
+typedef struct vk_bench_source_s {
+  const vk_bench_pool_t *pool;
+  vk_bench_signer_t *const *signers;
+  size_t n_signers;
+  const vk_bench_hdr_t *hdrs;
+  size_t n_hdrs;
+} vk_bench_source_t;
 
 // vk_bench_run connects -c connections to cfg's target, waits for each
 // server's SETTINGS, runs the warm-up, then the measured window, and fills
@@ -24,7 +36,7 @@ extern "C" {
 // lost during the run; VK_EIO or VK_ENOMEM for a local failure. On failure
 // a one-line message is in `err`.
 int vk_bench_run(vk_bench_result_t *out, char *err, size_t errlen,
-                 const vk_bench_config_t *cfg, const vk_bench_pool_t *pool);
+                 const vk_bench_config_t *cfg, const vk_bench_source_t *src);
 
 #ifdef __cplusplus
 }

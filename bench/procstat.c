@@ -3,6 +3,11 @@
 // do not read) and parsed as text.
 #include "procstat.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -171,4 +176,129 @@ double vk_self_cpu_s(void) {
   }
   return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
          (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+int vk_pidfile_read(int64_t *out_pid, const char *path) {
+  char buf[32];
+  int rv = read_text(buf, sizeof(buf), path);
+  if (rv != VK_OK) {
+    return rv;
+  }
+  int64_t pid = 0;
+  size_t i = 0;
+  while (buf[i] >= '0' && buf[i] <= '9' && pid < INT32_MAX) {
+    pid = pid * 10 + (buf[i++] - '0');
+  }
+  if (i == 0 || pid <= 0 || pid > INT32_MAX ||
+      (buf[i] != '\0' && buf[i] != '\n')) {
+    return VK_EPROTO;
+  }
+  *out_pid = pid;
+  return VK_OK;
+}
+
+int vk_redis_parse_used_memory(uint64_t *out, const char *text) {
+  static const char kKey[] = "used_memory:";
+  for (const char *p = text; (p = strstr(p, kKey)) != NULL; p++) {
+    // Only at the start of a line: "used_memory_rss:" must not match.
+    if (p != text && p[-1] != '\n') {
+      continue;
+    }
+    const char *v = p + sizeof(kKey) - 1;
+    if (*v < '0' || *v > '9') {
+      continue;
+    }
+    uint64_t n = 0;
+    while (*v >= '0' && *v <= '9') {
+      n = n * 10 + (uint64_t)(*v++ - '0');
+    }
+    *out = n;
+    return VK_OK;
+  }
+  return VK_ENOTFOUND;
+}
+
+// redis_connect opens a blocking socket to `addr` with 2 s timeouts.
+static int redis_connect(const char *addr) {
+  int fd = -1;
+  const char *colon = strrchr(addr, ':');
+  if (addr[0] == '/' || colon == NULL) {
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    if (strlen(addr) >= sizeof(sun.sun_path)) {
+      return -1;
+    }
+    memcpy(sun.sun_path, addr, strlen(addr));
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+      close(fd);
+      fd = -1;
+    }
+  } else {
+    char host[256];
+    size_t hlen = (size_t)(colon - addr);
+    if (hlen == 0 || hlen >= sizeof(host)) {
+      return -1;
+    }
+    memcpy(host, addr, hlen);
+    host[hlen] = '\0';
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || ai == NULL) {
+      return -1;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      close(fd);
+      fd = -1;
+    }
+    freeaddrinfo(ai);
+  }
+  if (fd >= 0) {
+    struct timeval tv = {2, 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
+  return fd;
+}
+
+int vk_redis_used_memory(uint64_t *out, const char *addr) {
+  static const char kCmd[] = "*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n";
+  int fd = redis_connect(addr);
+  if (fd < 0) {
+    return VK_EUNAVAIL;
+  }
+  int rv = VK_EUNAVAIL;
+  char buf[16384];
+  size_t len = 0;
+  if (write(fd, kCmd, sizeof(kCmd) - 1) == (ssize_t)(sizeof(kCmd) - 1)) {
+    // A bulk string: "$<n>\r\n<n bytes>\r\n". Read until it is whole.
+    for (;;) {
+      ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+      if (n <= 0) {
+        break;
+      }
+      len += (size_t)n;
+      buf[len] = '\0';
+      char *end = strstr(buf, "\r\n");
+      if (buf[0] != '$' || end == NULL) {
+        if (len > 0 && buf[0] != '$') {
+          rv = VK_EPROTO;
+          break;
+        }
+        continue;
+      }
+      size_t want = (size_t)strtoull(buf + 1, NULL, 10);
+      size_t have = len - (size_t)(end + 2 - buf);
+      if (have >= want || len == sizeof(buf) - 1) {
+        rv = vk_redis_parse_used_memory(out, end + 2) == VK_OK ? VK_OK
+                                                               : VK_EPROTO;
+        break;
+      }
+    }
+  }
+  close(fd);
+  return rv;
 }

@@ -48,6 +48,20 @@ double vk_machine_busy_cores(const vk_machine_sample_t *before,
 // vk_self_cpu_s returns this process's user + system CPU seconds.
 double vk_self_cpu_s(void);
 
+// vk_pidfile_read reads a pid file (decimal digits, optional newline), as
+// redis-server writes <data-dir>/redis.pid. Returns 0, VK_ENOTFOUND or
+// VK_EPROTO.
+int vk_pidfile_read(int64_t *out_pid, const char *path);
+
+// vk_redis_parse_used_memory finds "used_memory:N" in the text of INFO.
+// Returns 0 or VK_ENOTFOUND.
+int vk_redis_parse_used_memory(uint64_t *out, const char *text);
+
+// vk_redis_used_memory asks the Redis at `addr` (a unix socket path, or
+// HOST:PORT) for INFO memory with a raw RESP command, blocking up to 2 s.
+// Returns 0, VK_EUNAVAIL (cannot connect or no answer) or VK_EPROTO.
+int vk_redis_used_memory(uint64_t *out, const char *addr);
+
 #ifdef __cplusplus
 }
 #endif

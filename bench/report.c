@@ -17,6 +17,22 @@ void vk_bench_result_cleanup(vk_bench_result_t *r) {
   vk_hist_cleanup(&r->latency);
 }
 
+void vk_bench_result_bad(vk_bench_result_t *r, const char *why) {
+  r->bad_responses++;
+  for (size_t i = 0; i < r->n_bad_reasons; i++) {
+    if (r->bad_reasons[i].why == why ||
+        strcmp(r->bad_reasons[i].why, why) == 0) {
+      r->bad_reasons[i].n++;
+      return;
+    }
+  }
+  if (r->n_bad_reasons < VK_BENCH_MAX_REASONS) {
+    r->bad_reasons[r->n_bad_reasons++] = (vk_bench_reason_t){why, 1};
+  } else {
+    r->bad_other_reasons++;
+  }
+}
+
 uint64_t vk_bench_result_failed(const vk_bench_result_t *r) {
   uint64_t n = r->grpc_other + r->http_errors + r->bad_responses;
   for (int i = 1; i < VK_BENCH_NGRPC_CODES; i++) {
@@ -29,9 +45,13 @@ static double per_second(uint64_t n, double seconds) {
   return seconds > 0 ? (double)n / seconds : 0.0;
 }
 
-static double cpu_us_per_request(const vk_bench_result_t *r) {
+static double us_per_request(const vk_bench_result_t *r, double cpu_s) {
   uint64_t done = r->ok + vk_bench_result_failed(r);
-  return done > 0 ? r->server_cpu_s * 1e6 / (double)done : 0.0;
+  return done > 0 ? cpu_s * 1e6 / (double)done : 0.0;
+}
+
+static double cpu_us_per_request(const vk_bench_result_t *r) {
+  return us_per_request(r, r->server_cpu_s);
 }
 
 // other_cores is what neither the client nor the server used: a busy
@@ -41,7 +61,8 @@ static double other_cores(const vk_bench_result_t *r) {
     return 0;
   }
   double v = r->machine_busy_cores - r->client_cpu_s / r->elapsed_s -
-             (r->has_server ? r->server_cpu_s / r->elapsed_s : 0.0);
+             (r->has_server ? r->server_cpu_s / r->elapsed_s : 0.0) -
+             (r->has_redis ? r->redis_cpu_s / r->elapsed_s : 0.0);
   return v < 0 ? 0 : v;
 }
 
@@ -87,6 +108,17 @@ void vk_bench_report_text(FILE *out, const vk_bench_config_t *cfg,
     any = 1;
   }
   fprintf(out, "%s\n", any ? "" : " 0");
+  if (r->n_bad_reasons > 0) {
+    fprintf(out, "refused by   ");
+    for (size_t i = 0; i < r->n_bad_reasons; i++) {
+      fprintf(out, "%s%s %llu", i > 0 ? ", " : "", r->bad_reasons[i].why,
+              (unsigned long long)r->bad_reasons[i].n);
+    }
+    if (r->bad_other_reasons > 0) {
+      fprintf(out, ", other %llu", (unsigned long long)r->bad_other_reasons);
+    }
+    fputc('\n', out);
+  }
   if (r->first_error[0] != '\0') {
     fprintf(out, "first error  %s\n", r->first_error);
   }
@@ -105,6 +137,34 @@ void vk_bench_report_text(FILE *out, const vk_bench_config_t *cfg,
             cpu_us_per_request(r), (unsigned long long)r->server_rss_kb_before,
             (unsigned long long)r->server_rss_kb_after,
             (unsigned long long)r->server_hwm_kb);
+  }
+  if (r->has_redis) {
+    fprintf(out,
+            "redis        CPU %.2f s = %.2f cores, %.1f us/request;"
+            " RSS %llu -> %llu kB\n",
+            r->redis_cpu_s,
+            r->elapsed_s > 0 ? r->redis_cpu_s / r->elapsed_s : 0.0,
+            us_per_request(r, r->redis_cpu_s),
+            (unsigned long long)r->redis_rss_kb_before,
+            (unsigned long long)r->redis_rss_kb_after);
+  }
+  if (r->has_signers) {
+    fprintf(out,
+            "signers      %u threads: CPU %.2f s = %.2f cores (in client CPU);"
+            " built %llu, sent %llu; ready %u -> %u of %u; ring empty %llu"
+            " times; stale %llu\n",
+            r->signers, r->signer_cpu_s,
+            r->elapsed_s > 0 ? r->signer_cpu_s / r->elapsed_s : 0.0,
+            (unsigned long long)r->signed_in_window,
+            (unsigned long long)r->taken_in_window, r->ring_start, r->ring_end,
+            r->ring_capacity, (unsigned long long)r->ring_dry,
+            (unsigned long long)r->stale);
+    if (r->keys_reused > 0) {
+      fprintf(out,
+              "WARNING      %llu requests reused a key already verified "
+              "(give more --cold-keys)\n",
+              (unsigned long long)r->keys_reused);
+    }
   }
   fprintf(out, "machine      %.2f of %d cores busy, %.2f by other processes\n",
           r->machine_busy_cores, r->ncpu, other_cores(r));
@@ -169,7 +229,17 @@ void vk_bench_report_json(FILE *out, const vk_bench_config_t *cfg,
   if (r->grpc_other > 0) {
     fprintf(out, "%s\"other\":%llu", sep, (unsigned long long)r->grpc_other);
   }
-  fprintf(out, "}},\"first_error\":");
+  fprintf(out, "}},\"bad_reasons\":{");
+  for (size_t i = 0; i < r->n_bad_reasons; i++) {
+    fprintf(out, "%s", i > 0 ? "," : "");
+    json_string(out, r->bad_reasons[i].why);
+    fprintf(out, ":%llu", (unsigned long long)r->bad_reasons[i].n);
+  }
+  if (r->bad_other_reasons > 0) {
+    fprintf(out, "%s\"other\":%llu", r->n_bad_reasons > 0 ? "," : "",
+            (unsigned long long)r->bad_other_reasons);
+  }
+  fprintf(out, "},\"first_error\":");
   json_string(out, r->first_error);
   fprintf(out,
           ",\"max_backlog\":%llu,\"server_max_streams\":%u,"
@@ -191,6 +261,34 @@ void vk_bench_report_json(FILE *out, const vk_bench_config_t *cfg,
             (unsigned long long)r->server_hwm_kb);
   } else {
     fprintf(out, ",\"server\":null");
+  }
+  if (r->has_redis) {
+    fprintf(out,
+            ",\"redis\":{\"cpu_s\":%.3f,\"cpu_cores\":%.4f,"
+            "\"cpu_us_per_request\":%.3f,\"rss_kb_before\":%llu,"
+            "\"rss_kb_after\":%llu}",
+            r->redis_cpu_s,
+            r->elapsed_s > 0 ? r->redis_cpu_s / r->elapsed_s : 0.0,
+            us_per_request(r, r->redis_cpu_s),
+            (unsigned long long)r->redis_rss_kb_before,
+            (unsigned long long)r->redis_rss_kb_after);
+  } else {
+    fprintf(out, ",\"redis\":null");
+  }
+  if (r->has_signers) {
+    fprintf(out,
+            ",\"signers\":{\"threads\":%u,\"cpu_s\":%.3f,\"cpu_cores\":%.4f,"
+            "\"built\":%llu,\"sent\":%llu,\"ring_start\":%u,\"ring_end\":%u,"
+            "\"ring_capacity\":%u,\"ring_empty\":%llu,\"stale\":%llu,"
+            "\"keys_reused\":%llu}",
+            r->signers, r->signer_cpu_s,
+            r->elapsed_s > 0 ? r->signer_cpu_s / r->elapsed_s : 0.0,
+            (unsigned long long)r->signed_in_window,
+            (unsigned long long)r->taken_in_window, r->ring_start, r->ring_end,
+            r->ring_capacity, (unsigned long long)r->ring_dry,
+            (unsigned long long)r->stale, (unsigned long long)r->keys_reused);
+  } else {
+    fprintf(out, ",\"signers\":null");
   }
   fprintf(out, "}\n");
 }

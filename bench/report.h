@@ -14,6 +14,13 @@ extern "C" {
 #endif
 
 #define VK_BENCH_NGRPC_CODES 17  // OK .. UNAUTHENTICATED
+#define VK_BENCH_MAX_REASONS 24
+
+// Refusals by reason (the scenario check's `why`, e.g. a deny reason).
+typedef struct vk_bench_reason_s {
+  const char *why;  // static
+  uint64_t n;
+} vk_bench_reason_t;
 
 typedef struct vk_bench_result_s {
   double elapsed_s;  // length of the measured window
@@ -25,13 +32,16 @@ typedef struct vk_bench_result_s {
   // HTTP-level failures: :status not 200, RST_STREAM, no grpc-status, or the
   // connection lost while the call was in flight.
   uint64_t http_errors;
-  uint64_t bad_responses;     // grpc-status 0, but the check refused the body
-  uint64_t unfinished;        // still in flight when the window closed
-  uint64_t max_backlog;       // open loop: most requests due but not yet sent
-  char first_error[160];      // the first failure, for the reader
-  vk_hist_t latency;          // microseconds, successful calls only
-  double client_cpu_s;        // this process, over the window
-  double machine_busy_cores;  // every process, over the window
+  uint64_t bad_responses;  // grpc-status 0, but the check refused the body
+  vk_bench_reason_t bad_reasons[VK_BENCH_MAX_REASONS];  // bad_responses by why
+  size_t n_bad_reasons;
+  uint64_t bad_other_reasons;  // reasons past the table's end
+  uint64_t unfinished;         // still in flight when the window closed
+  uint64_t max_backlog;        // open loop: most requests due but not yet sent
+  char first_error[160];       // the first failure, for the reader
+  vk_hist_t latency;           // microseconds, successful calls only
+  double client_cpu_s;         // this process, over the window
+  double machine_busy_cores;   // every process, over the window
   int ncpu;
   uint32_t server_max_streams;  // SETTINGS_MAX_CONCURRENT_STREAMS seen
   int has_server;               // --server-pid was given
@@ -39,12 +49,34 @@ typedef struct vk_bench_result_s {
   uint64_t server_rss_kb_before;
   uint64_t server_rss_kb_after;
   uint64_t server_hwm_kb;
+  int has_redis;  // the same for redis-server (--redis-pid)
+  double redis_cpu_s;
+  uint64_t redis_rss_kb_before;
+  uint64_t redis_rss_kb_after;
+  // Signed workloads: the signer threads over the window. Their CPU is
+  // part of client_cpu_s already (getrusage counts every thread).
+  int has_signers;
+  uint32_t signers;
+  double signer_cpu_s;
+  uint64_t signed_in_window;  // requests the signers built
+  uint64_t taken_in_window;   // requests the loop took from the rings
+  uint32_t ring_start;        // ready requests at the window's start
+  uint32_t ring_end;          // ... and at its end
+  uint32_t ring_capacity;     // all rings
+  uint64_t ring_dry;     // the loop had a free stream but every ring was empty
+  uint64_t stale;        // requests dropped as too old to send
+  uint64_t keys_reused;  // verify-cold: requests whose key was used before
+  uint64_t taken_total;  // requests taken from the rings, warm-up included
 } vk_bench_result_t;
 
 // vk_bench_result_init zeroes `r` and prepares its latency histogram.
 // Returns 0 or VK_ENOMEM. Free with vk_bench_result_cleanup.
 int vk_bench_result_init(vk_bench_result_t *r);
 void vk_bench_result_cleanup(vk_bench_result_t *r);
+
+// vk_bench_result_bad records a response the check refused, by `why`
+// (compared by address first: the reasons are static strings).
+void vk_bench_result_bad(vk_bench_result_t *r, const char *why);
 
 // vk_bench_result_failed returns every failed call: gRPC, HTTP and checks.
 uint64_t vk_bench_result_failed(const vk_bench_result_t *r);

@@ -8,6 +8,8 @@
 
 #include "common.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "vkey/v1/keys.pb-c.h"
+#include "vkey/v1/verify.pb-c.h"
 
 int vk_bench_buf_append(vk_bench_buf_t *b, const void *data, size_t len) {
   if (len > VK_BENCH_MAX_MESSAGE - b->len) {
@@ -40,7 +42,7 @@ void vk_bench_buf_cleanup(vk_bench_buf_t *b) {
   memset(b, 0, sizeof(*b));
 }
 
-// --- health: grpc.health.v1.Health/Check, the only RPC vkeyd serves today.
+// --- health: grpc.health.v1.Health/Check. ----------------------------------
 
 static int health_build(vk_bench_buf_t *out, const char **out_path,
                         const vk_bench_params_t *params, size_t index) {
@@ -68,7 +70,9 @@ static int health_build(vk_bench_buf_t *out, const char **out_path,
   return rv;
 }
 
-static int health_check(const char **out_why, const uint8_t *msg, size_t len) {
+static int health_check(const char **out_why, const char *path,
+                        const uint8_t *msg, size_t len) {
+  (void)path;
   Grpc__Health__V1__HealthCheckResponse *resp =
       grpc__health__v1__health_check_response__unpack(NULL, len, msg);
   if (resp == NULL) {
@@ -86,30 +90,123 @@ static int health_check(const char **out_why, const uint8_t *msg, size_t len) {
   return VK_OK;
 }
 
+// --- verify*: VerifyKeyResponse, DECISION_ALLOW or a deny reason. ----------
+
+int vk_bench_check_verify(const char **out_why, const uint8_t *msg,
+                          size_t len) {
+  Vkey__V1__VerifyKeyResponse *resp =
+      vkey__v1__verify_key_response__unpack(NULL, len, msg);
+  if (resp == NULL || resp->result == NULL) {
+    *out_why = "VerifyKeyResponse does not parse or has no result";
+    vkey__v1__verify_key_response__free_unpacked(resp, NULL);
+    return VK_EPROTO;
+  }
+  int rv = VK_OK;
+  if (resp->result->decision != VKEY__V1__DECISION__DECISION_ALLOW) {
+    // The enum descriptor's names are static: the report counts by them.
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+        &vkey__v1__deny_reason__descriptor, (int)resp->result->reason);
+    *out_why = v != NULL ? v->name : "DENY with an unknown reason";
+    rv = VK_EPROTO;
+  }
+  vkey__v1__verify_key_response__free_unpacked(resp, NULL);
+  return rv;
+}
+
+// --- check: CheckKeyStatusResponse, the key ACTIVE. ------------------------
+
+int vk_bench_check_status(const char **out_why, const uint8_t *msg,
+                          size_t len) {
+  Vkey__V1__CheckKeyStatusResponse *resp =
+      vkey__v1__check_key_status_response__unpack(NULL, len, msg);
+  if (resp == NULL || resp->n_keys != 1) {
+    *out_why = "CheckKeyStatusResponse does not parse or has not 1 entry";
+    vkey__v1__check_key_status_response__free_unpacked(resp, NULL);
+    return VK_EPROTO;
+  }
+  int rv = VK_OK;
+  if (resp->keys[0]->status != VKEY__V1__KEY_STATUS__KEY_STATUS_ACTIVE) {
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+        &vkey__v1__key_status__descriptor, (int)resp->keys[0]->status);
+    *out_why = v != NULL ? v->name : "unknown key status";
+    rv = VK_EPROTO;
+  }
+  vkey__v1__check_key_status_response__free_unpacked(resp, NULL);
+  return rv;
+}
+
+// --- apply: ApplyKeyResponse with an ACTIVE key. ---------------------------
+
+int vk_bench_check_apply(const char **out_why, const uint8_t *msg, size_t len) {
+  Vkey__V1__ApplyKeyResponse *resp =
+      vkey__v1__apply_key_response__unpack(NULL, len, msg);
+  int rv = VK_OK;
+  if (resp == NULL || resp->key == NULL || resp->key->key == NULL) {
+    *out_why = "ApplyKeyResponse does not parse or has no key";
+    rv = VK_EPROTO;
+  } else if (resp->key->status != VKEY__V1__KEY_STATUS__KEY_STATUS_ACTIVE) {
+    *out_why = "the new key is not ACTIVE";
+    rv = VK_EPROTO;
+  }
+  vkey__v1__apply_key_response__free_unpacked(resp, NULL);
+  return rv;
+}
+
+// The table's checks, by the method the request called.
+static int check_by_path(const char **out_why, const char *path,
+                         const uint8_t *msg, size_t len) {
+  if (strcmp(path, "/vkey.v1.VerifyService/VerifyKey") == 0) {
+    return vk_bench_check_verify(out_why, msg, len);
+  }
+  if (strcmp(path, "/vkey.v1.VerifyService/CheckKeyStatus") == 0) {
+    return vk_bench_check_status(out_why, msg, len);
+  }
+  if (strcmp(path, "/vkey.v1.KeyService/ApplyKey") == 0) {
+    return vk_bench_check_apply(out_why, msg, len);
+  }
+  *out_why = "a method this scenario does not call";
+  return VK_EPROTO;
+}
+
 // Rows not available yet: listed in --help and refused with `missing`.
-// Each becomes available by writing its build/check pair above.
 #define VK_BENCH_LATER(name_, summary_, kind_, missing_) \
-  { name_, summary_, 0, missing_, kind_, 0, NULL, NULL }
+  { name_, summary_, 0, missing_, kind_, VK_BENCH_WORK_POOL, 0, NULL, NULL }
+// Rows whose requests the signer threads make (workload.h).
+#define VK_BENCH_SIGNED(name_, summary_, kind_, work_, check_) \
+  { name_, summary_, 1, NULL, kind_, work_, 0, NULL, check_ }
 
 const vk_bench_scenario_t vk_bench_scenarios[] = {
     {"health", "grpc.health.v1.Health/Check, unary", 1, NULL, VK_BENCH_KIND_RPC,
-     1, health_build, health_check},
-    VK_BENCH_LATER("verify", "verify key + challenge signature, warm cache",
-                   VK_BENCH_KIND_RPC, "vkeyd does not serve Verify yet"),
-    VK_BENCH_LATER("verify-cold", "verify with keys not yet cached (Redis)",
-                   VK_BENCH_KIND_RPC, "vkeyd does not serve Verify yet"),
-    VK_BENCH_LATER("check", "key status check", VK_BENCH_KIND_RPC,
-                   "vkeyd does not serve the check RPC yet"),
-    VK_BENCH_LATER("apply", "apply for a key: issue, store, deliver",
-                   VK_BENCH_KIND_RPC, "vkeyd does not serve Apply yet"),
+     VK_BENCH_WORK_POOL, 1, health_build, health_check},
+    VK_BENCH_SIGNED("verify",
+                    "VerifyKey (operator token), Ed25519 phone proof, "
+                    "warm caches",
+                    VK_BENCH_KIND_RPC, VK_BENCH_WORK_VERIFY, check_by_path),
+    VK_BENCH_SIGNED("verify-p256", "the same with ECDSA P-256 phone proofs",
+                    VK_BENCH_KIND_RPC, VK_BENCH_WORK_VERIFY_P256,
+                    check_by_path),
+    VK_BENCH_SIGNED(
+        "verify-cold", "verify, each request a key never verified before",
+        VK_BENCH_KIND_RPC, VK_BENCH_WORK_VERIFY_COLD, check_by_path),
+    VK_BENCH_SIGNED("check",
+                    "CheckKeyStatus in vehicle sessions (HMAC, no phone "
+                    "signature)",
+                    VK_BENCH_KIND_RPC, VK_BENCH_WORK_CHECK, check_by_path),
+    VK_BENCH_SIGNED("apply",
+                    "ApplyKey by the owner: a new key signed, stored, "
+                    "queued for the vehicle",
+                    VK_BENCH_KIND_RPC, VK_BENCH_WORK_APPLY, check_by_path),
     VK_BENCH_LATER("share", "share: a code set, then the shared keys",
-                   VK_BENCH_KIND_RPC, "vkeyd does not serve sharing yet"),
-    VK_BENCH_LATER("mixed", "a mix of verify, check, apply, share",
-                   VK_BENCH_KIND_RPC, "it needs the scenarios it mixes"),
-    VK_BENCH_LATER("connect", "hold many vehicle channels; RSS per conn",
-                   VK_BENCH_KIND_CONNECT,
-                   "it needs the vehicle channel and a connection-scale "
-                   "run loop"),
+                   VK_BENCH_KIND_RPC,
+                   "Authorize then Redeem needs a two-step run loop, not "
+                   "written yet"),
+    VK_BENCH_SIGNED("mixed",
+                    "90% verify, 9% session check, 1% apply (by request)",
+                    VK_BENCH_KIND_RPC, VK_BENCH_WORK_MIXED, check_by_path),
+    VK_BENCH_SIGNED("connect",
+                    "hold a vehicle channel per vehicle; memory per vehicle, "
+                    "event delivery latency",
+                    VK_BENCH_KIND_CONNECT, VK_BENCH_WORK_CONNECT, NULL),
 };
 const size_t vk_bench_nscenarios = VK_ARRAY_LEN(vk_bench_scenarios);
 
@@ -142,9 +239,8 @@ int vk_bench_pool_build(vk_bench_pool_t *pool, const vk_bench_scenario_t *sc,
     if (rv != VK_OK) {
       goto fail;
     }
-    // The gRPC length prefix: flag 0 (uncompressed), big-endian length.
-    uint8_t prefix[5] = {0, (uint8_t)(msg.len >> 24), (uint8_t)(msg.len >> 16),
-                         (uint8_t)(msg.len >> 8), (uint8_t)msg.len};
+    uint8_t prefix[5];
+    vk_bench_grpc_frame(prefix, msg.len);
     offsets[i] = all.len;
     rv = vk_bench_buf_append(&all, prefix, sizeof(prefix));
     if (rv == VK_OK) {
@@ -178,6 +274,15 @@ void vk_bench_pool_cleanup(vk_bench_pool_t *pool) {
   free(pool->reqs);
   free(pool->bytes);
   memset(pool, 0, sizeof(*pool));
+}
+
+void vk_bench_grpc_frame(uint8_t prefix[5], size_t len) {
+  // Flag 0 (uncompressed), then the big-endian length.
+  prefix[0] = 0;
+  prefix[1] = (uint8_t)(len >> 24);
+  prefix[2] = (uint8_t)(len >> 16);
+  prefix[3] = (uint8_t)(len >> 8);
+  prefix[4] = (uint8_t)len;
 }
 
 int vk_bench_grpc_unframe(const uint8_t **out_msg, size_t *out_len,

@@ -1,13 +1,15 @@
 // scenario.h: what vkey-bench sends and how it checks the answers.
 //
-// A scenario is one row of a table: a name, the gRPC method, and two
-// functions: `build` writes request number i of a pool of requests (the
-// protobuf message; the harness adds the 5-byte gRPC prefix), `check`
-// validates one response message. The pool is built once before the run, so
-// costly client work (signing a challenge for `verify`, distinct keys for
-// `verify-cold`) never competes with the server for the CPU during the
-// measured window. To add a scenario, write its build and check functions in
-// scenario.c, fill in its row and set `available`.
+// A scenario is one row of a table: a name, where its requests come from,
+// and `check`, which validates one response message. Requests come either
+// from a pool built once before the run (`build` writes request number i:
+// the protobuf message; the harness adds the 5-byte gRPC prefix), or, for
+// scenarios whose requests must be fresh (a new challenge signed by the
+// phone, a new session counter), from signer threads (workload.h) that keep
+// a ring of ready requests a little ahead of the event loop; their CPU is
+// the load generator's, and counted as such. Those scenarios need a fleet
+// of vehicles, users and keys, which vkey-bench provisions through vkeyd's
+// public API first (provision.h).
 #ifndef VK_BENCH_SCENARIO_H
 #define VK_BENCH_SCENARIO_H
 
@@ -23,10 +25,21 @@ extern "C" {
 
 typedef enum {
   VK_BENCH_KIND_RPC = 0,  // requests over -c connections x -m streams
-  // Connection scale: open and hold many connections (the vehicle channel).
-  // Hook for issue 6, part 2: the run loop for it is not written yet.
+  // Connection scale: hold a vehicle channel per vehicle (connect.c).
   VK_BENCH_KIND_CONNECT = 1,
 } vk_bench_kind_t;
+
+// What a scenario's requests need (vk_bench_scenario_t.workload).
+typedef enum {
+  VK_BENCH_WORK_POOL = 0,     // prebuilt pool, nothing provisioned
+  VK_BENCH_WORK_VERIFY,       // VerifyKey, operator token, Ed25519 phones
+  VK_BENCH_WORK_VERIFY_P256,  // the same with P-256 phones
+  VK_BENCH_WORK_VERIFY_COLD,  // a fresh key per request
+  VK_BENCH_WORK_CHECK,        // CheckKeyStatus in vehicle sessions
+  VK_BENCH_WORK_CONNECT,      // OpenChannel per vehicle (assertions)
+  VK_BENCH_WORK_APPLY,        // ApplyKey by the owner: a new key each
+  VK_BENCH_WORK_MIXED,        // verify, check and apply (workload.h)
+} vk_bench_work_t;
 
 // vk_bench_buf_t is a growable byte buffer capped at VK_BENCH_MAX_MESSAGE.
 typedef struct vk_bench_buf_s {
@@ -42,9 +55,28 @@ int vk_bench_buf_append(vk_bench_buf_t *b, const void *data, size_t len);
 // vk_bench_buf_cleanup frees the bytes; `b` is then empty and reusable.
 void vk_bench_buf_cleanup(vk_bench_buf_t *b);
 
+// One item of request metadata. `name` is a static lower-case string;
+// "-bin" values are given already base64-encoded.
+typedef struct vk_bench_hdr_s {
+  const char *name;
+  const char *value;
+  size_t value_len;
+} vk_bench_hdr_t;
+
 // Scenario parameters that come from the command line.
 typedef struct vk_bench_params_s {
   const char *health_service;  // HealthCheckRequest.service; "" by default
+  const char *data_dir;        // --data-dir: vkeyd's, for the issuer key
+  uint32_t vehicles;           // --vehicles: fleet size
+  uint32_t seed;               // --seed: names the fleet (VINs, keys)
+  uint32_t signers;            // --signers: signing threads
+  uint32_t ring;               // --ring: pre-built requests per signer
+  uint32_t cold_keys;          // --cold-keys: keys made for verify-cold
+  uint32_t sources;            // --sources: 127.0.0.x source addresses
+  uint32_t push;               // --push: connect: vehicles sent an event
+  double push_rate;            // --push-rate: those events per second
+  double hold_s;               // --hold: connect: seconds held at the end
+  const char *redis;           // --redis: unix socket or HOST:PORT (INFO)
 } vk_bench_params_t;
 
 typedef struct vk_bench_scenario_s {
@@ -53,7 +85,8 @@ typedef struct vk_bench_scenario_s {
   int available;        // 0: listed in --help, refused on use
   const char *missing;  // why it is not available yet
   vk_bench_kind_t kind;
-  size_t pool_size;  // distinct requests to build; used round-robin
+  vk_bench_work_t workload;
+  size_t pool_size;  // POOL: distinct requests to build; used round-robin
   // build writes the protobuf message of request number `index` (0 <=
   // index < pool_size) into `out` and sets `*out_path` to its gRPC method
   // path (static storage). Returns 0 or a VK_E* code.
@@ -61,8 +94,11 @@ typedef struct vk_bench_scenario_s {
                const vk_bench_params_t *params, size_t index);
   // check validates one response message (without the gRPC prefix) of a
   // call that ended with grpc-status 0. Returns 0, or VK_EPROTO and sets
-  // `*out_why` to a static reason.
-  int (*check)(const char **out_why, const uint8_t *msg, size_t len);
+  // `*out_why` to a static reason (for verify: the deny reason's name);
+  // the report counts refusals by reason.
+  // `path` is the request's method (a mix sends several).
+  int (*check)(const char **out_why, const char *path, const uint8_t *msg,
+               size_t len);
 } vk_bench_scenario_t;
 
 // vk_bench_scenarios is the table, in --help order; vk_bench_nscenarios its
@@ -74,11 +110,13 @@ extern const size_t vk_bench_nscenarios;
 // NULL.
 const vk_bench_scenario_t *vk_bench_scenario_find(const char *name);
 
-// One built request: the method path and the framed gRPC body.
+// One built request: the method path, the framed gRPC body and its own
+// metadata, if any (the source's common metadata is added to every one).
 typedef struct vk_bench_req_s {
   const char *path;
   const uint8_t *body;  // 5-byte gRPC prefix + message, owned by the pool
   size_t body_len;
+  vk_bench_hdr_t hdr;  // name NULL: none
 } vk_bench_req_t;
 
 // vk_bench_pool_t holds every request of a scenario, built before the run.
@@ -105,6 +143,15 @@ void vk_bench_pool_cleanup(vk_bench_pool_t *pool);
 int vk_bench_grpc_unframe(const uint8_t **out_msg, size_t *out_len,
                           const char **out_why, const uint8_t *body,
                           size_t body_len);
+
+// vk_bench_grpc_frame writes the 5-byte uncompressed gRPC prefix of a
+// `len`-byte message.
+void vk_bench_grpc_frame(uint8_t prefix[5], size_t len);
+
+// Checks of the vkey responses, exposed for the tests.
+int vk_bench_check_verify(const char **out_why, const uint8_t *msg, size_t len);
+int vk_bench_check_status(const char **out_why, const uint8_t *msg, size_t len);
+int vk_bench_check_apply(const char **out_why, const uint8_t *msg, size_t len);
 
 // vk_bench_grpc_status_name returns the canonical name of gRPC status code
 // `code` ("OK", "CANCELLED", ... "UNAUTHENTICATED"), or "UNKNOWN_CODE".

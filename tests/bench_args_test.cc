@@ -177,13 +177,27 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{{"-d", "5", "-n", "10", "h:1"}, "not both"},
         Bad{{"--warmup", "-1", "h:1"}, "--warmup"},
         Bad{{"-s", "nosuch", "h:1"}, "unknown scenario 'nosuch'"},
-        Bad{{"-s", "verify", "h:1"}, "'verify' is not yet available"},
-        Bad{{"-s", "verify-cold", "h:1"}, "not yet available"},
-        Bad{{"-s", "check", "h:1"}, "not yet available"},
-        Bad{{"-s", "apply", "h:1"}, "not yet available"},
+        Bad{{"-s", "verify", "h:1"}, "'verify' needs --data-dir"},
+        Bad{{"-s", "verify-p256", "h:1"}, "needs --data-dir"},
+        Bad{{"-s", "verify-cold", "h:1"}, "needs --data-dir"},
+        Bad{{"-s", "check", "h:1"}, "needs --data-dir"},
+        Bad{{"-s", "connect", "h:1"}, "needs --data-dir"},
+        Bad{{"-s", "verify", "--data-dir", "d", "--dump-request", "f"},
+            "signs each request afresh"},
+        Bad{{"-s", "apply", "h:1"}, "needs --data-dir"},
+        Bad{{"-s", "mixed", "h:1"}, "needs --data-dir"},
         Bad{{"-s", "share", "h:1"}, "not yet available"},
-        Bad{{"-s", "mixed", "h:1"}, "not yet available"},
-        Bad{{"-s", "connect", "h:1"}, "not yet available"},
+        Bad{{"--vehicles", "0", "h:1"}, "--vehicles must be 1..1000000"},
+        Bad{{"--signers", "17", "h:1"}, "--signers must be 1..16"},
+        Bad{{"--ring", "8", "h:1"}, "--ring must be"},
+        Bad{{"--cold-keys", "0", "h:1"}, "--cold-keys"},
+        Bad{{"--sources", "251", "h:1"}, "--sources"},
+        Bad{{"--push-rate", "0", "h:1"}, "--push-rate"},
+        Bad{{"--hold", "-1", "h:1"}, "--hold"},
+        Bad{{"--data-dir", "", "h:1"}, "--data-dir needs"},
+        Bad{{"--redis-pid", "x", "h:1"}, "--redis-pid"},
+        Bad{{"-s", "connect", "--data-dir", "d", "--vehicles", "20000", "h:1"},
+            "needs 20000 connections"},
         Bad{{"--server-pid", "0", "h:1"}, "--server-pid"},
         Bad{{"--server-pid", "abc", "h:1"}, "--server-pid"},
         Bad{{"--json=1", "h:1"}, "takes no value"},
@@ -200,6 +214,47 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{{":50051"}, "bad host"}, Bad{{"::1:50051"}, "[ADDR]:PORT"},
         Bad{{"[::1]50051"}, "[IPV6]:PORT"},
         Bad{{"https://h:443"}, "TLS is not supported"}));
+
+TEST(BenchArgs, SignedScenarios) {
+  Parsed p = Parse({"-s", "verify-p256", "--data-dir", "/d", "--vehicles", "8",
+                    "--seed", "7", "--signers", "2", "--ring", "1024", "h:1"});
+  ASSERT_EQ(VK_OK, p.rv) << p.err;
+  EXPECT_EQ(VK_BENCH_WORK_VERIFY_P256, p.cfg.scenario->workload);
+  EXPECT_STREQ("/d", p.cfg.params.data_dir);
+  EXPECT_EQ(8u, p.cfg.params.vehicles);
+  EXPECT_EQ(7u, p.cfg.params.seed);
+  EXPECT_EQ(2u, p.cfg.params.signers);
+  EXPECT_EQ(1024u, p.cfg.params.ring);
+  EXPECT_EQ(32u, p.cfg.streams);  // RPC scenarios keep -m's default
+  p = Parse({"-s", "check", "--data-dir", "/d", "h:1"});
+  ASSERT_EQ(VK_OK, p.rv) << p.err;
+  EXPECT_EQ(64u, p.cfg.params.vehicles);
+  EXPECT_EQ(1u, p.cfg.params.seed);
+  EXPECT_EQ(1u, p.cfg.params.signers);
+}
+
+TEST(BenchArgs, ConnectDerivesConnectionsFromVehicles) {
+  Parsed p = Parse(
+      {"-s", "connect", "--data-dir", "/d", "--vehicles", "19000", "h:1"});
+  ASSERT_EQ(VK_OK, p.rv) << p.err;
+  EXPECT_EQ(1u, p.cfg.streams);  // one vehicle per connection by default
+  EXPECT_EQ(19000u, p.cfg.connections);
+  p = Parse({"-s", "connect", "--data-dir", "/d", "--vehicles", "20000", "-m",
+             "100", "--push", "10", "--push-rate", "5", "--hold", "0",
+             "--sources", "4", "--redis", "/r.sock", "h:1"});
+  ASSERT_EQ(VK_OK, p.rv) << p.err;
+  EXPECT_EQ(200u, p.cfg.connections);
+  EXPECT_EQ(100u, p.cfg.streams);
+  EXPECT_EQ(10u, p.cfg.params.push);
+  EXPECT_EQ(5.0, p.cfg.params.push_rate);
+  EXPECT_EQ(0.0, p.cfg.params.hold_s);
+  EXPECT_EQ(4u, p.cfg.params.sources);
+  EXPECT_STREQ("/r.sock", p.cfg.params.redis);
+  p = Parse({"-s", "connect", "--data-dir", "/d", "--vehicles", "250", "-m",
+             "100", "h:1"});
+  ASSERT_EQ(VK_OK, p.rv) << p.err;
+  EXPECT_EQ(3u, p.cfg.connections);  // rounded up
+}
 
 TEST(BenchArgs, UsageListsEveryScenarioAndMarksTheMissingOnes) {
   char *text = nullptr;

@@ -51,20 +51,32 @@ TEST(BenchScenario, HealthCheckAcceptsOnlyServing) {
   const uint8_t serving[] = {0x08, 0x01};
   const uint8_t not_serving[] = {0x08, 0x02};
   const uint8_t garbage[] = {0xff, 0xff, 0xff};
-  EXPECT_EQ(VK_OK, sc->check(&why, serving, sizeof(serving)));
-  EXPECT_EQ(VK_EPROTO, sc->check(&why, not_serving, sizeof(not_serving)));
+  const char *path = "/grpc.health.v1.Health/Check";
+  EXPECT_EQ(VK_OK, sc->check(&why, path, serving, sizeof(serving)));
+  EXPECT_EQ(VK_EPROTO, sc->check(&why, path, not_serving, sizeof(not_serving)));
   EXPECT_STREQ("status is not SERVING", why);
-  EXPECT_EQ(VK_EPROTO, sc->check(&why, garbage, sizeof(garbage)));
+  EXPECT_EQ(VK_EPROTO, sc->check(&why, path, garbage, sizeof(garbage)));
   // An empty message is UNKNOWN status: refused.
-  EXPECT_EQ(VK_EPROTO, sc->check(&why, serving, 0));
+  EXPECT_EQ(VK_EPROTO, sc->check(&why, path, serving, 0));
 }
 
 TEST(BenchScenario, UnavailableScenariosHaveNoPoolButAReason) {
   for (size_t i = 0; i < vk_bench_nscenarios; i++) {
     const vk_bench_scenario_t *sc = &vk_bench_scenarios[i];
-    if (sc->available) {
+    if (sc->available && sc->workload == VK_BENCH_WORK_POOL) {
       EXPECT_NE(nullptr, sc->build) << sc->name;
       EXPECT_NE(nullptr, sc->check) << sc->name;
+      continue;
+    }
+    if (sc->available) {
+      // Signed scenarios: requests come from the signers, never a pool;
+      // every RPC one checks its answers.
+      EXPECT_EQ(nullptr, sc->build) << sc->name;
+      EXPECT_EQ(sc->kind == VK_BENCH_KIND_RPC, sc->check != nullptr)
+          << sc->name;
+      vk_bench_params_t params = {""};
+      vk_bench_pool_t pool;
+      EXPECT_EQ(VK_EINVAL, vk_bench_pool_build(&pool, sc, &params));
       continue;
     }
     ASSERT_NE(nullptr, sc->missing) << sc->name;
