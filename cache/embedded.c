@@ -365,6 +365,12 @@ int vk_redis_child_start(vk_redis_child_t **out, uv_loop_t *loop,
       (char *)"everysec",
       (char *)"--save",
       (char *)"",
+      // Every vehicle has two small streams (outbox, audit); Redis 7.0
+      // preallocates a whole node for each new stream, 4 KiB by default.
+      // 512 B nodes halve Redis's memory per vehicle (12.4 -> 5.3 KB with
+      // an owner and one key, measured with CONFIG SET on a bench fleet).
+      (char *)"--stream-node-max-bytes",
+      (char *)"512",
       (char *)"--pidfile",
       pidfile,
       (char *)"--daemonize",
