@@ -1,9 +1,10 @@
 // session.c: vehicle sessions, as specified in docs/SESSIONS.md.
 //
 // The hot part is vk_session_auth: a cache hit costs one SHA-256 of the
-// request, one HMAC and one Redis script (the counter window must be atomic
-// across instances); a miss adds one Redis read. OpenSession does its X25519
-// and Ed25519 work in one worker job.
+// request and one HMAC, and the counter is decided in process within this
+// instance's lease; once per lease (up to VK_COUNTER_LEASE_MAX counters) a
+// Redis script grants the next. A miss adds one Redis read. OpenSession does
+// its X25519 and Ed25519 work in one worker job.
 #include "session.h"
 
 #include <stdio.h>
@@ -20,9 +21,11 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "counter_lease.h"
 #include "log.h"
 #include "script.h"
 #include "store.h"
+#include "verify_cache.h"
 #include "vkey/v1/verify.pb-c.h"
 
 enum {
@@ -40,60 +43,75 @@ static const char kRequestContext[] = "vkey-req-v1";
 static const char kSyncContext[] = "vkey-session-sync-v1";
 static const char kWrapContext[] = "vkey-session-wrap-v1";
 
-// The counter window, atomically: returns {0, hi} when `counter` is new,
-// {-1} for an unknown epoch, {-2, hi} when too old, {-3, hi} when replayed.
-// `bm` bit i means counter hi - i was seen (LuaBitOp is 32-bit).
-static const char kCounterScript[] =
-    "local e = redis.call('HGET', KEYS[1], 'epoch')\n"
-    "if e ~= ARGV[1] then return {-1, 0} end\n"
-    "local hi = tonumber(redis.call('HGET', KEYS[1], 'hi') or '0')\n"
-    "local bm = tonumber(redis.call('HGET', KEYS[1], 'bm') or '0')\n"
-    "local c = tonumber(ARGV[2])\n"
-    "if c > hi then\n"
-    "  if c - hi >= 32 then bm = 1 else bm = bit.bor(bit.lshift(bm, c - hi),"
-    " 1) end\n"
-    "  hi = c\n"
-    "elseif hi - c >= 32 then return {-2, hi}\n"
-    "else\n"
-    "  local m = bit.lshift(1, hi - c)\n"
-    "  if bit.band(bm, m) ~= 0 then return {-3, hi} end\n"
-    "  bm = bit.bor(bm, m)\n"
+// A lease of counters for this instance (counter_lease.h): returns
+// {floor, new floor} after moving the floor past max(floor, counter) +
+// extra, or {-1, 0} when the epoch is not the session's (expired, replaced).
+static const char kLeaseScript[] =
+    "if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1, 0} "
     "end\n"
-    "redis.call('HSET', KEYS[1], 'hi', string.format('%.0f', hi), 'bm', bm)\n"
-    "return {0, hi}\n";
+    "local f = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')\n"
+    "local to = math.max(f, tonumber(ARGV[2])) + tonumber(ARGV[3])\n"
+    "redis.call('HSET', KEYS[1], 'floor', string.format('%.0f', to))\n"
+    "return {f, to}\n";
 
+// Gives back the unused end of a lease this instance forgets: when nobody
+// leased after it, the floor returns to the highest counter it accepted.
+static const char kReleaseScript[] =
+    "if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] and "
+    "redis.call('HGET', KEYS[1], 'floor') == ARGV[2] then\n"
+    "  redis.call('HSET', KEYS[1], 'floor', ARGV[3])\n"
+    "end\n"
+    "return 1\n";
+
+// Replaces the vehicle's session, counters included, and tells the other
+// instances (KEYS[2] is the vehicle's notify channel) to forget theirs.
 static const char kStoreScript[] =
     "redis.call('DEL', KEYS[1])\n"
     "redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'key', ARGV[2], 'exp', "
-    "ARGV[3], 'hi', '0', 'bm', '0')\n"
+    "ARGV[3], 'floor', '0')\n"
     "redis.call('PEXPIREAT', KEYS[1], ARGV[3])\n"
+    "redis.call('PUBLISH', KEYS[2], 'session')\n"
     "return 1\n";
 
 // A cached session: the MAC key in the clear, so it is wiped on eviction.
 typedef struct {
-  char vin[VK_VIN_LEN + 1];
+  char vin[VK_VIN_LEN + 1];  // "": empty
   uint8_t epoch[kEpochLen];
   uint8_t key[kKeyLen];
   int64_t expires_at_ms;
+  // The vehicle's generation in the verify cache when Redis last confirmed
+  // the session: a session replaced elsewhere is published on the
+  // vehicle's notify channel, which moves the generation on.
+  uint64_t stamp;
+  uint64_t used;  // the cache's tick when last used
+  vk_counter_lease_t lease;
 } session_slot_t;
 
+// Set-associative, LRU within a set: a busy vehicle's lease is not lost to
+// one colliding newcomer.
+#define SESSION_WAYS 4
+
 struct vk_sessions_s {
+  vk_app_t *app;
   uint8_t wrap_key[32];  // AES-256-GCM key for session keys at rest
   session_slot_t *slots;
-  size_t n;
+  size_t n;  // a multiple of SESSION_WAYS
+  uint64_t tick;
 };
 
-int vk_sessions_new(vk_sessions_t **out, const vk_app_t *app, size_t slots) {
+int vk_sessions_new(vk_sessions_t **out, vk_app_t *app, size_t slots) {
   vk_sessions_t *s = calloc(1, sizeof(*s));
   if (s == NULL || slots == 0) {
     free(s);
     return VK_ENOMEM;
   }
+  slots = (slots + SESSION_WAYS - 1) / SESSION_WAYS * SESSION_WAYS;
   s->slots = calloc(slots, sizeof(*s->slots));
   if (s->slots == NULL) {
     free(s);
     return VK_ENOMEM;
   }
+  s->app = app;
   s->n = slots;
   // Every instance shares the signing key, so every instance derives the
   // same wrapping key; Redis alone cannot unwrap a session key.
@@ -117,12 +135,91 @@ void vk_sessions_free(vk_sessions_t *s) {
   free(s);
 }
 
-static session_slot_t *slot_for(vk_sessions_t *s, const char *vin) {
+static session_slot_t *set_of(vk_sessions_t *s, const char *vin) {
   uint8_t d[SHA256_DIGEST_LENGTH];
   SHA256((const uint8_t *)vin, strlen(vin), d);
   uint64_t h;
   memcpy(&h, d, sizeof(h));
-  return &s->slots[h % s->n];
+  return &s->slots[h % (s->n / SESSION_WAYS) * SESSION_WAYS];
+}
+
+// The live cached session (vin, epoch), or NULL.
+static session_slot_t *find_slot(vk_sessions_t *s, const char *vin,
+                                 const uint8_t epoch[kEpochLen]) {
+  session_slot_t *set = set_of(s, vin);
+  for (size_t i = 0; i < SESSION_WAYS; i++) {
+    session_slot_t *e = &set[i];
+    if (strcmp(e->vin, vin) == 0 &&
+        CRYPTO_memcmp(e->epoch, epoch, kEpochLen) == 0 &&
+        e->expires_at_ms > vk_wall_ms()) {
+      e->used = ++s->tick;
+      return e;
+    }
+  }
+  return NULL;
+}
+
+static void released(vk_redis_t *r, int status, const redisReply *reply,
+                     void *priv) {
+  // Best effort: a lease not given back only strands counters.
+  (void)r;
+  (void)status;
+  (void)reply;
+  (void)priv;
+}
+
+// Forgetting a session we hold a lease of: give its unused end back, so the
+// vehicle's next counter is good on any instance without a resync.
+static void release_lease(vk_sessions_t *s, const session_slot_t *e) {
+  if (e->vin[0] == '\0' || e->lease.hi == 0 ||
+      e->expires_at_ms <= vk_wall_ms()) {
+    return;
+  }
+  static vk_redis_script_t script;  // sent by hash; hashed once
+  if (script.src == NULL) {
+    vk_redis_script_init(&script, kReleaseScript);
+  }
+  char key[VK_REDIS_KEY_MAX], hi[24], top[24];
+  vk_store_vehicle_sub(key, e->vin, "session");
+  snprintf(hi, sizeof(hi), "%llu", (unsigned long long)e->lease.hi);
+  snprintf(top, sizeof(top), "%llu", (unsigned long long)e->lease.top);
+  const char *args[] = {key, (const char *)e->epoch, hi, top};
+  size_t lens[] = {strlen(key), kEpochLen, strlen(hi), strlen(top)};
+  vk_redis_eval(s->app->redis, &script, released, NULL, 1, 4, args, lens);
+}
+
+// Caches a session Redis just confirmed as the vehicle's current one. The
+// lease survives when the slot already holds this very session.
+static void install_slot(vk_sessions_t *s, const char *vin,
+                         const uint8_t epoch[kEpochLen],
+                         const uint8_t key[kKeyLen], int64_t expires_at_ms,
+                         uint64_t stamp) {
+  session_slot_t *set = set_of(s, vin);
+  session_slot_t *victim = &set[0];
+  for (size_t i = 0; i < SESSION_WAYS; i++) {
+    session_slot_t *e = &set[i];
+    if (strcmp(e->vin, vin) == 0) {
+      victim = e;  // the vehicle's: this session, or one it replaced
+      break;
+    }
+    if (e->used < victim->used) {
+      victim = e;
+    }
+  }
+  bool same = strcmp(victim->vin, vin) == 0 &&
+              memcmp(victim->epoch, epoch, kEpochLen) == 0;
+  if (!same) {
+    if (strcmp(victim->vin, vin) != 0) {
+      release_lease(s, victim);
+    }
+    OPENSSL_cleanse(victim, sizeof(*victim));
+    memcpy(victim->vin, vin, VK_VIN_LEN + 1);
+    memcpy(victim->epoch, epoch, kEpochLen);
+    memcpy(victim->key, key, kKeyLen);
+  }
+  victim->expires_at_ms = expires_at_ms;
+  victim->stamp = stamp;
+  victim->used = ++s->tick;
 }
 
 static bool wrap_key(const vk_sessions_t *s, uint8_t out[kWrappedLen],
@@ -255,21 +352,17 @@ static void open_done(vk_job_t *job, int status) {
     vk_call_unref(call);
     return;
   }
-  // Cache it here too: the vehicle's next call will most likely come to us.
-  session_slot_t *slot = slot_for(o->app->sessions, o->vin);
-  memcpy(slot->vin, o->vin, sizeof(slot->vin));
-  memcpy(slot->epoch, o->epoch, kEpochLen);
-  memcpy(slot->key, o->key, kKeyLen);
-  slot->expires_at_ms = o->expires_at_ms;
-  char key[VK_REDIS_KEY_MAX];
+  // Not cached here: the store's own notification would outdate the entry
+  // at once. The vehicle's first call reads the session back.
+  char key[VK_REDIS_KEY_MAX], notify[VK_REDIS_KEY_MAX];
   vk_store_vehicle_sub(key, o->vin, "session");
+  vk_store_vehicle_sub(notify, o->vin, "notify");
   char exp[24];
   snprintf(exp, sizeof(exp), "%lld", (long long)o->expires_at_ms);
-  // The new session replaces the old one as a whole, window included, and
-  // expires with it.
-  int rv = vk_redis_command(
-      o->app->redis, open_stored, o, "EVAL %s 1 %s %b %b %s", kStoreScript, key,
-      o->epoch, (size_t)kEpochLen, o->wrapped, (size_t)kWrappedLen, exp);
+  int rv = vk_redis_command(o->app->redis, open_stored, o,
+                            "EVAL %s 2 %s %s %b %b %s", kStoreScript, key,
+                            notify, o->epoch, (size_t)kEpochLen, o->wrapped,
+                            (size_t)kWrappedLen, exp);
   if (rv == VK_OK) {
     return;
   }
@@ -315,6 +408,11 @@ typedef struct {
   uint8_t digest[SHA256_DIGEST_LENGTH];  // of the request message
   uint8_t key[kKeyLen];
   int64_t session_expires_at_ms;
+  uint64_t stamp;  // the vehicle's cache generation before reading Redis
+  // The lease when the session left our cache while we asked for one: good
+  // for this request alone.
+  vk_counter_lease_t lone;
+  bool leased;  // Redis granted a lease for this request already
   char redis_key[VK_REDIS_KEY_MAX];
 } auth_ctx_t;
 
@@ -334,13 +432,20 @@ static void auth_end(auth_ctx_t *a, vk_grpc_status_t status, const char *msg) {
   vk_call_unref(call);
 }
 
+// The lease this request's counter is decided in.
+static vk_counter_lease_t *lease_of(auth_ctx_t *a) {
+  session_slot_t *slot =
+      find_slot(a->app->sessions, a->vin, a->auth->epoch.data);
+  return slot != NULL ? &slot->lease : &a->lone;
+}
+
 // Fresh session info for a vehicle that fell out of step, authenticated with
 // the session key and bound to the refused request's tag.
-static void add_resync_trailer(auth_ctx_t *a, uint64_t counter) {
+static void add_resync_trailer(auth_ctx_t *a) {
   Vkey__V1__SessionInfo info = VKEY__V1__SESSION_INFO__INIT;
   info.vin = a->vin;
   info.epoch = a->auth->epoch;
-  info.counter = counter;
+  info.counter = vk_counter_resync_point(lease_of(a));
   info.clock_time_ms = vk_wall_ms();
   info.expires_at_ms = a->session_expires_at_ms;
   info.issuer_key_id = a->app->signing_key.key_id;
@@ -368,8 +473,10 @@ static void add_resync_trailer(auth_ctx_t *a, uint64_t counter) {
   }
 }
 
-static void counter_checked(vk_redis_t *r, int status, const redisReply *reply,
-                            void *priv) {
+static void take_counter(auth_ctx_t *a);
+
+static void lease_granted(vk_redis_t *r, int status, const redisReply *reply,
+                          void *priv) {
   (void)r;
   auth_ctx_t *a = priv;
   if (vk_call_is_done(a->call)) {
@@ -377,27 +484,71 @@ static void counter_checked(vk_redis_t *r, int status, const redisReply *reply,
     return;
   }
   if (status != VK_OK || reply->type != REDIS_REPLY_ARRAY ||
-      reply->elements != 2 || reply->element[0]->type != REDIS_REPLY_INTEGER) {
+      reply->elements != 2 || reply->element[0]->type != REDIS_REPLY_INTEGER ||
+      reply->element[1]->type != REDIS_REPLY_INTEGER) {
     auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
     return;
   }
-  long long verdict = reply->element[0]->integer;
-  long long hi = reply->element[1]->type == REDIS_REPLY_INTEGER
-                     ? reply->element[1]->integer
-                     : 0;
-  switch (verdict) {
-    case 0:
+  long long from = reply->element[0]->integer;
+  long long to = reply->element[1]->integer;
+  if (from < 0) {
+    auth_end(a, VK_GRPC_UNAUTHENTICATED,
+             "session expired or replaced: open a new session");
+    return;
+  }
+  if (!vk_counter_granted(lease_of(a), (uint64_t)from, (uint64_t)to)) {
+    VK_ERROR("session %s: Redis granted counters (%lld, %lld] below ours",
+             a->vin, from, to);
+    auth_end(a, VK_GRPC_UNAVAILABLE, "session store inconsistent");
+    return;
+  }
+  a->leased = true;
+  take_counter(a);
+}
+
+// Asks Redis for a lease that covers the request's counter.
+static void ask_lease(auth_ctx_t *a) {
+  static vk_redis_script_t script;  // sent by hash; hashed once
+  if (script.src == NULL) {
+    vk_redis_script_init(&script, kLeaseScript);
+  }
+  char counter[24], extra[24];
+  snprintf(counter, sizeof(counter), "%llu",
+           (unsigned long long)a->auth->counter);
+  snprintf(extra, sizeof(extra), "%llu",
+           (unsigned long long)vk_counter_next_extra(lease_of(a)));
+  const char *args[] = {a->redis_key, (const char *)a->auth->epoch.data,
+                        counter, extra};
+  size_t lens[] = {strlen(a->redis_key), kEpochLen, strlen(counter),
+                   strlen(extra)};
+  if (vk_redis_eval(a->app->redis, &script, lease_granted, a, 1, 4, args,
+                    lens) != VK_OK) {
+    auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
+  }
+}
+
+// The counter, in this instance's lease (counter_lease.h).
+static void take_counter(auth_ctx_t *a) {
+  switch (vk_counter_take(lease_of(a), a->auth->counter)) {
+    case VK_COUNTER_OK:
       auth_end(a, VK_GRPC_OK, NULL);
       return;
-    case -1:
-      auth_end(a, VK_GRPC_UNAUTHENTICATED,
-               "session expired or replaced: open a new session");
+    case VK_COUNTER_REPLAYED:
+      add_resync_trailer(a);
+      auth_end(a, VK_GRPC_UNAUTHENTICATED, "replayed session counter");
       return;
-    default:
-      add_resync_trailer(a, (uint64_t)hi);
+    case VK_COUNTER_TOO_OLD:
+      add_resync_trailer(a);
       auth_end(a, VK_GRPC_UNAUTHENTICATED,
-               verdict == -3 ? "replayed session counter"
-                             : "session counter too old for the window");
+               "session counter too old for the window");
+      return;
+    case VK_COUNTER_NEED_LEASE:
+    default:
+      if (a->leased) {  // a lease covers its counter: cannot happen
+        auth_end(a, VK_GRPC_UNAVAILABLE, "session store inconsistent");
+        return;
+      }
+      ask_lease(a);
       return;
   }
 }
@@ -428,7 +579,7 @@ static bool tag_matches(const auth_ctx_t *a) {
 }
 
 // We have the session key: check the tag, the request's expiry, then the
-// counter in Redis.
+// counter.
 static void auth_with_key(auth_ctx_t *a) {
   if (!tag_matches(a)) {
     auth_end(a, VK_GRPC_UNAUTHENTICATED, "session tag does not verify");
@@ -437,26 +588,13 @@ static void auth_with_key(auth_ctx_t *a) {
   int64_t now = vk_wall_ms();
   int64_t exp = a->auth->expires_at_ms;
   if (exp < now || exp > now + kMaxRequestAheadMs) {
-    add_resync_trailer(a, 0);
+    add_resync_trailer(a);
     auth_end(a, VK_GRPC_UNAUTHENTICATED,
              exp < now ? "session request expired (check the clock)"
                        : "session request expires too far ahead");
     return;
   }
-  char counter[24];
-  snprintf(counter, sizeof(counter), "%llu",
-           (unsigned long long)a->auth->counter);
-  static vk_redis_script_t script;  // sent by hash; hashed once
-  if (script.src == NULL) {
-    vk_redis_script_init(&script, kCounterScript);
-  }
-  const char *args[] = {a->redis_key, (const char *)a->auth->epoch.data,
-                        counter};
-  size_t lens[] = {strlen(a->redis_key), kEpochLen, strlen(counter)};
-  if (vk_redis_eval(a->app->redis, &script, counter_checked, a, 1, 3, args,
-                    lens) != VK_OK) {
-    auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
-  }
+  take_counter(a);
 }
 
 static void session_loaded(vk_redis_t *r, int status, const redisReply *reply,
@@ -490,11 +628,8 @@ static void session_loaded(vk_redis_t *r, int status, const redisReply *reply,
              "session");
     return;
   }
-  session_slot_t *slot = slot_for(a->app->sessions, a->vin);
-  memcpy(slot->vin, a->vin, sizeof(slot->vin));
-  memcpy(slot->epoch, a->auth->epoch.data, kEpochLen);
-  memcpy(slot->key, a->key, kKeyLen);
-  slot->expires_at_ms = a->session_expires_at_ms;
+  install_slot(a->app->sessions, a->vin, a->auth->epoch.data, a->key,
+               a->session_expires_at_ms, a->stamp);
   auth_with_key(a);
 }
 
@@ -523,6 +658,8 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
                                                     len, bin)) == NULL ||
              auth->epoch.len != kEpochLen || auth->tag.len != 32) {
     err = "malformed session credential";
+  } else if (auth->counter == 0 || auth->counter > VK_COUNTER_MAX) {
+    err = "session counter out of range";
   }
   if (err != NULL) {
     vk_call_finish(call, VK_GRPC_UNAUTHENTICATED, err);
@@ -547,15 +684,17 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
     auth_end(a, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  session_slot_t *slot = slot_for(app->sessions, vin);
-  if (strcmp(slot->vin, vin) == 0 &&
-      CRYPTO_memcmp(slot->epoch, auth->epoch.data, kEpochLen) == 0 &&
-      slot->expires_at_ms > vk_wall_ms()) {
+  // The cached session counts only while no notification about the
+  // vehicle arrived since Redis confirmed it (and the feed is healthy).
+  uint64_t stamp = vk_verify_cache_vehicle_stamp(app->verify_cache, vin);
+  session_slot_t *slot = find_slot(app->sessions, vin, auth->epoch.data);
+  if (slot != NULL && stamp != 0 && slot->stamp == stamp) {
     memcpy(a->key, slot->key, kKeyLen);
     a->session_expires_at_ms = slot->expires_at_ms;
     auth_with_key(a);
     return;
   }
+  a->stamp = stamp;
   if (vk_redis_command(app->redis, session_loaded, a, "HMGET %s epoch key exp",
                        a->redis_key) != VK_OK) {
     auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");

@@ -1,7 +1,8 @@
 // session.h: vehicle sessions (docs/SESSIONS.md): opening one with X25519
 // key agreement, and authenticating session calls with an HMAC, a counter
-// window kept atomically in Redis, and an expiry. Sessions live in Redis so
-// any instance serves any vehicle, with a bounded in-process cache in front.
+// window over counters leased from Redis (counter_lease.h), and an expiry.
+// Sessions live in Redis so any instance serves any vehicle, with a bounded
+// in-process cache in front.
 #ifndef VK_SESSION_H
 #define VK_SESSION_H
 
@@ -17,11 +18,10 @@ extern "C" {
 #endif
 
 #define VK_SESSION_TTL_MS (3600 * 1000)
-#define VK_SESSION_WINDOW 32
 
 // vk_sessions_new makes the session state of `app` (the cache and the key
 // that wraps session keys in Redis, derived from app->signing_key).
-int vk_sessions_new(vk_sessions_t **out, const vk_app_t *app, size_t slots);
+int vk_sessions_new(vk_sessions_t **out, vk_app_t *app, size_t slots);
 void vk_sessions_free(vk_sessions_t *s);
 
 // Called when vk_session_open finished. On failure the call was finished

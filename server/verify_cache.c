@@ -184,10 +184,18 @@ bool vk_verify_cache_status_get(vk_verify_cache_t *c, const char *key_id,
 }
 
 uint64_t vk_verify_cache_stamp(const vk_verify_cache_t *c, const char *key_id) {
-  if (!fresh(c) || strlen(key_id) != VK_KEY_ID_LEN) {
+  if (strlen(key_id) != VK_KEY_ID_LEN) {
     return 0;
   }
-  return c->vehicle_gen[hash_bytes(key_id, VK_VIN_LEN) % VEHICLE_GENERATIONS];
+  return vk_verify_cache_vehicle_stamp(c, key_id);  // a key id starts with it
+}
+
+uint64_t vk_verify_cache_vehicle_stamp(const vk_verify_cache_t *c,
+                                       const char *vin) {
+  if (c == NULL || !fresh(c) || strnlen(vin, VK_VIN_LEN) != VK_VIN_LEN) {
+    return 0;
+  }
+  return c->vehicle_gen[hash_bytes(vin, VK_VIN_LEN) % VEHICLE_GENERATIONS];
 }
 
 void vk_verify_cache_status_put(vk_verify_cache_t *c, const char *key_id,

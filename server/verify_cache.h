@@ -52,6 +52,11 @@ bool vk_verify_cache_status_get(vk_verify_cache_t *c, const char *key_id,
 // status from Redis and to hand to `put`: a state read across an
 // invalidation of its vehicle, or across a feed outage, is not stored.
 uint64_t vk_verify_cache_stamp(const vk_verify_cache_t *c, const char *key_id);
+// vk_verify_cache_vehicle_stamp: the same for anything else cached about
+// vehicle `vin` (its session): 0 while the feed is not trusted, and a new
+// value after every notification about the vehicle. NULL `c`: 0.
+uint64_t vk_verify_cache_vehicle_stamp(const vk_verify_cache_t *c,
+                                       const char *vin);
 void vk_verify_cache_status_put(vk_verify_cache_t *c, const char *key_id,
                                 const vk_key_state_t *state, uint64_t stamp);
 // Drops every cached status of vehicle `vin`.

@@ -486,6 +486,65 @@ class TwoInstanceTest(vkharness.ServerTestCase):
         s.open(self.verify_b, verify_pb2, self.fleet.issuer_public)
         return s
 
+    def check_on(self, stub, session, key_id, counter=None):
+        """CheckKeyStatus in `session`; returns (status, trailers, tag)."""
+        req = R.CheckKeyStatusRequest(vin=VIN1, key_ids=[key_id])
+        md, tag = session.auth(verify_pb2,
+                               "/vkey.v1.VerifyService/CheckKeyStatus", req,
+                               counter=counter)
+        try:
+            resp = stub.CheckKeyStatus(req, metadata=md, timeout=10)
+            return resp.keys[0].status, None, tag
+        except grpc.RpcError as e:
+            self.assertEqual(e.code(), grpc.StatusCode.UNAUTHENTICATED,
+                             e.details())
+            return None, e, tag
+
+    def test_session_moves_between_instances_without_replays(self):
+        key_id = self.fleet.apply(self.phone,
+                                  key_type=F.KEY_TYPE_SHARED).claims.key_id
+        s = vkcreds.VehicleSession(VIN1, self.fleet.vehicle_keys[VIN1])
+        s.open(self.fleet.verify, verify_pb2, self.fleet.issuer_public)
+        on_a = []
+        for _ in range(20):  # A leases counters ahead of the vehicle
+            status, err, _ = self.check_on(self.fleet.verify, s, key_id)
+            self.assertIsNone(err)
+            self.assertEqual(status, F.KEY_STATUS_ACTIVE)
+            on_a.append(s.counter)
+        # Every counter A accepted is refused by B, whatever B leased.
+        for c in (on_a[0], on_a[-1]):
+            status, err, _ = self.check_on(self.verify_b, s, key_id,
+                                           counter=c)
+            self.assertIsNotNone(err, f"B accepted counter {c} used on A")
+        # The vehicle moves to B: at most one refusal, which resynchronises.
+        status, err, tag = self.check_on(self.verify_b, s, key_id)
+        if err is not None:
+            info = s.resync(verify_pb2, err.trailing_metadata(), tag)
+            self.assertIsNotNone(info, "refused without resync info")
+            self.assertGreaterEqual(info.counter, on_a[-1])
+            status, err, _ = self.check_on(self.verify_b, s, key_id)
+        self.assertIsNone(err)
+        self.assertEqual(status, F.KEY_STATUS_ACTIVE)
+        on_b = s.counter
+        # ... and back to A, which must not accept B's counter either.
+        status, err, _ = self.check_on(self.fleet.verify, s, key_id,
+                                       counter=on_b)
+        self.assertIsNotNone(err, "A accepted a counter used on B")
+        # A session reopened through B ends the old one on A too.
+        old = vkcreds.VehicleSession(VIN1, self.fleet.vehicle_keys[VIN1])
+        old.__dict__.update(s.__dict__)
+        s.open(self.verify_b, verify_pb2, self.fleet.issuer_public)
+        deadline = time.monotonic() + 5
+        while True:
+            status, err, _ = self.check_on(self.fleet.verify, old, key_id)
+            if err is not None:
+                break
+            self.assertLess(time.monotonic(), deadline,
+                            "A still accepts a replaced session")
+        self.assertIn("open a new session", err.details())
+        status, err, _ = self.check_on(self.fleet.verify, s, key_id)
+        self.assertIsNone(err)
+
     def test_status_cache_invalidated_across_instances(self):
         rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
         s = self.session_on_b()
