@@ -1,8 +1,11 @@
 // common.c: error strings and the clock.
 #include "common.h"
 
+#include <pthread.h>
 #include <time.h>
 
+#include <openssl/rand.h>
+#include <openssl/siphash.h>
 #include <uv.h>
 
 const char *vk_strerror(int rv) {
@@ -53,4 +56,16 @@ void vk_hex_encode(char *out, const uint8_t *in, size_t len) {
     out[2 * i + 1] = kHex[in[i] & 15];
   }
   out[2 * len] = '\0';
+}
+
+static uint64_t table_key[2];
+static pthread_once_t table_key_once = PTHREAD_ONCE_INIT;
+
+static void draw_table_key(void) {
+  RAND_bytes((uint8_t *)table_key, sizeof(table_key));
+}
+
+uint64_t vk_table_hash(const void *p, size_t len) {
+  pthread_once(&table_key_once, draw_table_key);
+  return SIPHASH_24(table_key, p, len);
 }

@@ -38,6 +38,11 @@ uint64_t vk_now_ms(void);
 // NUL into `out` (2 * len + 1 bytes).
 void vk_hex_encode(char *out, const uint8_t *in, size_t len);
 
+// vk_table_hash places a key in an in-process table: SipHash-2-4 under a
+// key drawn at random once per process, so it is uniform and cheap, and
+// whoever picks the keys (VINs, ids) cannot aim them at one slot.
+uint64_t vk_table_hash(const void *p, size_t len);
+
 // vk_wall_ms returns the wall clock in Unix milliseconds.
 int64_t vk_wall_ms(void);
 

@@ -49,11 +49,7 @@ void vk_ratelimit_free(vk_ratelimit_t *r) {
 }
 
 static size_t slot_of(const vk_ratelimit_t *r, const char *key) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a: keys are our own ids
-  for (const char *p = key; *p != '\0'; p++) {
-    h = (h ^ (unsigned char)*p) * 1099511628211ull;
-  }
-  return (size_t)(h % r->n);
+  return (size_t)(vk_table_hash(key, strlen(key)) % r->n);
 }
 
 bool vk_ratelimit_take(vk_ratelimit_t *r, const char *key, double n,

@@ -136,10 +136,7 @@ void vk_sessions_free(vk_sessions_t *s) {
 }
 
 static session_slot_t *set_of(vk_sessions_t *s, const char *vin) {
-  uint8_t d[SHA256_DIGEST_LENGTH];
-  SHA256((const uint8_t *)vin, strlen(vin), d);
-  uint64_t h;
-  memcpy(&h, d, sizeof(h));
+  uint64_t h = vk_table_hash(vin, strlen(vin));
   return &s->slots[h % (s->n / SESSION_WAYS) * SESSION_WAYS];
 }
 
@@ -413,7 +410,7 @@ typedef struct {
   // for this request alone.
   vk_counter_lease_t lone;
   bool leased;  // Redis granted a lease for this request already
-  char redis_key[VK_REDIS_KEY_MAX];
+  char redis_key[VK_REDIS_KEY_MAX];  // set before the first Redis command
 } auth_ctx_t;
 
 bool vk_session_has_auth(vk_call_t *call) {
@@ -517,6 +514,7 @@ static void ask_lease(auth_ctx_t *a) {
            (unsigned long long)a->auth->counter);
   snprintf(extra, sizeof(extra), "%llu",
            (unsigned long long)vk_counter_next_extra(lease_of(a)));
+  vk_store_vehicle_sub(a->redis_key, a->vin, "session");
   const char *args[] = {a->redis_key, (const char *)a->auth->epoch.data,
                         counter, extra};
   size_t lens[] = {strlen(a->redis_key), kEpochLen, strlen(counter),
@@ -677,8 +675,7 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
   a->done = done;
   a->arg = arg;
   a->auth = auth;
-  snprintf(a->vin, sizeof(a->vin), "%s", vin);
-  vk_store_vehicle_sub(a->redis_key, vin, "session");
+  memcpy(a->vin, vin, VK_VIN_LEN);  // the caller checked it: vk_vin_valid
   vk_call_ref(call);
   if (!digest_request(a, request)) {
     auth_end(a, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -695,6 +692,7 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
     return;
   }
   a->stamp = stamp;
+  vk_store_vehicle_sub(a->redis_key, vin, "session");
   if (vk_redis_command(app->redis, session_loaded, a, "HMGET %s epoch key exp",
                        a->redis_key) != VK_OK) {
     auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");

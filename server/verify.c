@@ -741,10 +741,19 @@ static bool admit(vk_call_t *call, const auth_step_t *s, const char *caller) {
   return false;
 }
 
+// The rate limiters' caller names: "vehicle:<VIN>", "service:<subject>".
+static void caller_name(char *out, const char *kind, const char *name,
+                        size_t name_len) {
+  size_t kind_len = strlen(kind);
+  memcpy(out, kind, kind_len);
+  memcpy(out + kind_len, name, name_len);
+  out[kind_len + name_len] = '\0';
+}
+
 static void after_session(vk_call_t *call, bool ok, void *arg) {
   auth_step_t *s = arg;
   char caller[VK_VIN_LEN + 9];
-  snprintf(caller, sizeof(caller), "vehicle:%s", s->vin);
+  caller_name(caller, "vehicle:", s->vin, VK_VIN_LEN);
   if (ok && admit(call, s, caller)) {
     s->next(call, s->arg);
   }
@@ -753,7 +762,8 @@ static void after_session(vk_call_t *call, bool ok, void *arg) {
 static void after_bearer(vk_call_t *call, const vk_identity_t *who, void *arg) {
   auth_step_t *s = arg;
   char caller[VK_SUBJECT_MAX + 10];
-  snprintf(caller, sizeof(caller), "service:%s", who->subject);
+  caller_name(caller, "service:", who->subject,
+              strnlen(who->subject, VK_SUBJECT_MAX));
   if (admit(call, s, caller)) {
     s->next(call, s->arg);
   }

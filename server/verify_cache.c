@@ -10,7 +10,6 @@
 
 #include <openssl/mem.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 
 #include "common.h"
 #include "log.h"
@@ -108,14 +107,6 @@ void vk_verify_cache_free(vk_verify_cache_t *c) {
   release(c);
 }
 
-static uint64_t hash_bytes(const void *p, size_t len) {
-  uint8_t d[SHA256_DIGEST_LENGTH];
-  SHA256(p, len, d);
-  uint64_t h;
-  memcpy(&h, d, sizeof(h));
-  return h;
-}
-
 // The set a digest maps to: TOKEN_WAYS consecutive entries.
 static token_entry_t *token_set(vk_verify_cache_t *c, const uint8_t d[32]) {
   uint64_t h;
@@ -155,12 +146,12 @@ void vk_verify_cache_token_put(vk_verify_cache_t *c, const uint8_t digest[32],
 }
 
 static status_entry_t *status_slot(vk_verify_cache_t *c, const char *key_id) {
-  return &c->status[hash_bytes(key_id, strlen(key_id)) % c->n_status];
+  return &c->status[vk_table_hash(key_id, strlen(key_id)) % c->n_status];
 }
 
 // A key id starts with its VIN.
 static uint64_t *vehicle_gen(vk_verify_cache_t *c, const char *vin) {
-  return &c->vehicle_gen[hash_bytes(vin, VK_VIN_LEN) % VEHICLE_GENERATIONS];
+  return &c->vehicle_gen[vk_table_hash(vin, VK_VIN_LEN) % VEHICLE_GENERATIONS];
 }
 
 // The cache may be used only while the feed is subscribed and has proven,
@@ -195,7 +186,7 @@ uint64_t vk_verify_cache_vehicle_stamp(const vk_verify_cache_t *c,
   if (c == NULL || !fresh(c) || strnlen(vin, VK_VIN_LEN) != VK_VIN_LEN) {
     return 0;
   }
-  return c->vehicle_gen[hash_bytes(vin, VK_VIN_LEN) % VEHICLE_GENERATIONS];
+  return c->vehicle_gen[vk_table_hash(vin, VK_VIN_LEN) % VEHICLE_GENERATIONS];
 }
 
 void vk_verify_cache_status_put(vk_verify_cache_t *c, const char *key_id,
