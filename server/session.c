@@ -85,6 +85,9 @@ typedef struct {
   uint64_t stamp;
   uint64_t used;  // the cache's tick when last used
   vk_counter_lease_t lease;
+  // HMAC keyed with `key` once: each request's tag starts from the
+  // precomputed pads instead of hashing them again. NULL: out of memory.
+  HMAC_CTX *mac;
 } session_slot_t;
 
 // Set-associative, LRU within a set: a busy vehicle's lease is not lost to
@@ -130,6 +133,9 @@ void vk_sessions_free(vk_sessions_t *s) {
     return;
   }
   OPENSSL_cleanse(s->wrap_key, sizeof(s->wrap_key));
+  for (size_t i = 0; i < s->n; i++) {
+    HMAC_CTX_free(s->slots[i].mac);
+  }
   OPENSSL_cleanse(s->slots, s->n * sizeof(*s->slots));
   free(s->slots);
   free(s);
@@ -209,10 +215,17 @@ static void install_slot(vk_sessions_t *s, const char *vin,
     if (strcmp(victim->vin, vin) != 0) {
       release_lease(s, victim);
     }
+    HMAC_CTX_free(victim->mac);
     OPENSSL_cleanse(victim, sizeof(*victim));
     memcpy(victim->vin, vin, VK_VIN_LEN + 1);
     memcpy(victim->epoch, epoch, kEpochLen);
     memcpy(victim->key, key, kKeyLen);
+    victim->mac = HMAC_CTX_new();
+    if (victim->mac != NULL &&
+        !HMAC_Init_ex(victim->mac, key, kKeyLen, EVP_sha256(), NULL)) {
+      HMAC_CTX_free(victim->mac);
+      victim->mac = NULL;
+    }
   }
   victim->expires_at_ms = expires_at_ms;
   victim->stamp = stamp;
@@ -551,11 +564,11 @@ static void take_counter(auth_ctx_t *a) {
   }
 }
 
-static bool tag_matches(const auth_ctx_t *a) {
+// The request's tag under `mac`, an HMAC context keyed with the session key
+// (the cached one, rewound, or a fresh one).
+static bool tag_matches(const auth_ctx_t *a, HMAC_CTX *mac, bool keyed) {
   const Vkey__V1__SessionAuth *auth = a->auth;
   const char *path = vk_call_path(a->call);
-  HMAC_CTX h;
-  HMAC_CTX_init(&h);
   uint8_t be[16];
   for (int i = 0; i < 8; i++) {
     be[i] = (uint8_t)(auth->counter >> (56 - 8 * i));
@@ -563,23 +576,36 @@ static bool tag_matches(const auth_ctx_t *a) {
   }
   uint8_t tag[32];
   unsigned tag_len = 0;
-  bool ok = HMAC_Init_ex(&h, a->key, kKeyLen, EVP_sha256(), NULL) &&
-            HMAC_Update(&h, (const uint8_t *)kRequestContext,
+  bool ok = (keyed ? HMAC_Init_ex(mac, NULL, 0, NULL, NULL)
+                   : HMAC_Init_ex(mac, a->key, kKeyLen, EVP_sha256(), NULL)) &&
+            HMAC_Update(mac, (const uint8_t *)kRequestContext,
                         sizeof(kRequestContext)) &&
-            HMAC_Update(&h, (const uint8_t *)a->vin, strlen(a->vin) + 1) &&
-            HMAC_Update(&h, (const uint8_t *)path, strlen(path) + 1) &&
-            HMAC_Update(&h, auth->epoch.data, kEpochLen) &&
-            HMAC_Update(&h, be, sizeof(be)) &&
-            HMAC_Update(&h, a->digest, sizeof(a->digest)) &&
-            HMAC_Final(&h, tag, &tag_len);
-  HMAC_CTX_cleanup(&h);
+            HMAC_Update(mac, (const uint8_t *)a->vin, strlen(a->vin) + 1) &&
+            HMAC_Update(mac, (const uint8_t *)path, strlen(path) + 1) &&
+            HMAC_Update(mac, auth->epoch.data, kEpochLen) &&
+            HMAC_Update(mac, be, sizeof(be)) &&
+            HMAC_Update(mac, a->digest, sizeof(a->digest)) &&
+            HMAC_Final(mac, tag, &tag_len);
   return ok && tag_len == 32 && CRYPTO_memcmp(tag, auth->tag.data, 32) == 0;
+}
+
+static bool tag_verifies(const auth_ctx_t *a) {
+  session_slot_t *slot =
+      find_slot(a->app->sessions, a->vin, a->auth->epoch.data);
+  if (slot != NULL && slot->mac != NULL) {
+    return tag_matches(a, slot->mac, true);
+  }
+  HMAC_CTX h;
+  HMAC_CTX_init(&h);
+  bool ok = tag_matches(a, &h, false);
+  HMAC_CTX_cleanup(&h);
+  return ok;
 }
 
 // We have the session key: check the tag, the request's expiry, then the
 // counter.
 static void auth_with_key(auth_ctx_t *a) {
-  if (!tag_matches(a)) {
+  if (!tag_verifies(a)) {
     auth_end(a, VK_GRPC_UNAUTHENTICATED, "session tag does not verify");
     return;
   }
