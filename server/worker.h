@@ -10,10 +10,11 @@
 // workers together, right before the loop blocks for I/O (one lock, and one
 // condition-variable signal per worker that has to wake). A worker takes up
 // to min(max_batch, ceil(queued / threads)) jobs at a time, runs them, and
-// posts them back with one loop wake-up, so a lone job starts at once while a
-// burst costs a few wake-ups rather than one per job. The loop calls done()
-// for each finished batch in the order the batches finished, and for the
-// jobs of one batch in submission order; with one thread, that is
+// posts them back with one loop wake-up (or one per 200 us of work, so a
+// long batch does not hold back its first results), so a lone job starts at
+// once while a burst costs a few wake-ups rather than one per job. The loop
+// calls done() for each finished batch in the order the batches finished, and
+// for the jobs of one batch in submission order; with one thread, that is
 // submission order.
 //
 // Loop lifetime: the pool keeps its loop alive (uv_run does not return)
@@ -63,8 +64,8 @@ typedef struct vk_worker_config_s {
 // vk_worker_stats_t: counters since the pool was created.
 typedef struct vk_worker_stats_s {
   uint64_t jobs_run;  // jobs whose run() has returned
-  uint64_t batches;   // batches run, one loop wake-up each
-  size_t max_batch;   // the largest batch run so far
+  uint64_t batches;   // batches posted back, one loop wake-up each
+  size_t max_batch;   // the largest batch posted so far
 } vk_worker_stats_t;
 
 // vk_worker_pool_new starts a pool of threads that posts results to `loop`.
