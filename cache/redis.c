@@ -586,8 +586,7 @@ int vk_redis_command_argv(vk_redis_t *r, vk_redis_cb cb, void *priv, int argc,
   if (rv != VK_OK) {
     return rv;
   }
-  // hiredis 0.14 adds lengths up in an int; refuse what could overflow it
-  // before it is asked to.
+  // Bounded before encoding, so no length computed below can overflow.
   size_t total = 0;
   for (int i = 0; i < argc; i++) {
     if (argv[i] == NULL) {
@@ -602,14 +601,69 @@ int vk_redis_command_argv(vk_redis_t *r, vk_redis_cb cb, void *priv, int argc,
   if ((size_t)argc > VK_REDIS_MAX_PENDING_BYTES / 32) {
     return VK_ETOOBIG;  // each argument costs up to ~30 bytes of framing
   }
-  char *buf = NULL;
-  int len = redisFormatCommandArgv(&buf, argc, argv, argvlen);
-  if (len < 0) {
-    return VK_ENOMEM;
+  // Small commands (every one on the verification path) encode on the stack.
+  char small[512];
+  size_t len = vk_redis_format_argv(small, sizeof(small), argc, argv, argvlen);
+  char *buf = small;
+  if (len > sizeof(small)) {
+    buf = malloc(len);
+    if (buf == NULL) {
+      return VK_ENOMEM;
+    }
+    vk_redis_format_argv(buf, len, argc, argv, argvlen);
   }
-  rv = submit(r, cb, priv, buf, (size_t)len);
-  redisFreeCommand(buf);
+  rv = submit(r, cb, priv, buf, len);
+  if (buf != small) {
+    free(buf);
+  }
   return rv;
+}
+
+static size_t decimal_len(size_t v) {
+  size_t n = 1;
+  while (v >= 10) {
+    v /= 10;
+    n++;
+  }
+  return n;
+}
+
+static char *put_decimal(char *p, size_t v, size_t len) {
+  for (size_t i = len; i > 0; i--) {
+    p[i - 1] = (char)('0' + v % 10);
+    v /= 10;
+  }
+  return p + len;
+}
+
+size_t vk_redis_format_argv(char *out, size_t cap, int argc, const char **argv,
+                            const size_t *lens) {
+  size_t count = argc > 0 ? (size_t)argc : 0;
+  size_t total = 1 + decimal_len(count) + 2;  // *<count>\r\n
+  for (size_t i = 0; i < count; i++) {
+    size_t n = lens != NULL ? lens[i] : strlen(argv[i]);
+    total += 1 + decimal_len(n) + 2 + n + 2;  // $<n>\r\n<bytes>\r\n
+  }
+  if (total > cap) {
+    return total;
+  }
+  char *p = out;
+  *p++ = '*';
+  p = put_decimal(p, count, decimal_len(count));
+  *p++ = '\r';
+  *p++ = '\n';
+  for (size_t i = 0; i < count; i++) {
+    size_t n = lens != NULL ? lens[i] : strlen(argv[i]);
+    *p++ = '$';
+    p = put_decimal(p, n, decimal_len(n));
+    *p++ = '\r';
+    *p++ = '\n';
+    memcpy(p, argv[i], n);
+    p += n;
+    *p++ = '\r';
+    *p++ = '\n';
+  }
+  return total;
 }
 
 // ----------------------------------------------------------------- lifetime

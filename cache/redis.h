@@ -117,6 +117,14 @@ bool vk_redis_connected(const vk_redis_t *r);
 int vk_redis_command(vk_redis_t *r, vk_redis_cb cb, void *priv, const char *fmt,
                      ...);
 
+// vk_redis_format_argv encodes a command as Redis's wire format (RESP: an
+// array of bulk strings) into `out`, `cap` bytes, and returns the encoded
+// length; when that is more than `cap`, nothing useful is in `out` (call it
+// again with room). `lens` as in vk_redis_command_argv. The same bytes as
+// hiredis's redisFormatCommandArgv, without its sprintf per argument.
+size_t vk_redis_format_argv(char *out, size_t cap, int argc, const char **argv,
+                            const size_t *lens);
+
 // vk_redis_command_argv is vk_redis_command with the arguments given as
 // `argc` (>= 1) strings; `argvlen` gives their lengths (binary safe) or is
 // NULL for NUL-terminated strings. The arguments are copied. Same returns.

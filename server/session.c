@@ -719,8 +719,9 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
   }
   a->stamp = stamp;
   vk_store_vehicle_sub(a->redis_key, vin, "session");
-  if (vk_redis_command(app->redis, session_loaded, a, "HMGET %s epoch key exp",
-                       a->redis_key) != VK_OK) {
+  const char *argv[] = {"HMGET", a->redis_key, "epoch", "key", "exp"};
+  if (vk_redis_command_argv(app->redis, session_loaded, a, 5, argv, NULL) !=
+      VK_OK) {
     auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
   }
 }

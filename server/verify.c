@@ -39,6 +39,9 @@ enum {
   kProofWindowMs = 30 * 1000,
   kChallengeTtlS = 2 * 30 + 10,
 };
+// kChallengeTtlS in decimal, for Redis commands.
+static const char kChallengeTtl[] = "70";
+_Static_assert(kChallengeTtlS == 70, "kChallengeTtl must match kChallengeTtlS");
 
 static const char kProofContext[] = "vkey-proof-v1";
 
@@ -390,8 +393,9 @@ static void stage_state(verify_req_t *r) {
     if (!it->token_known_good) {
       char sig_key[VK_REDIS_KEY_MAX];
       token_sig_key(sig_key, r, it);
-      if (vk_redis_command(r->app->redis, token_sig_read, it, "EXISTS %s",
-                           sig_key) == VK_OK) {
+      const char *argv[] = {"EXISTS", sig_key};
+      if (vk_redis_command_argv(r->app->redis, token_sig_read, it, 2, argv,
+                                NULL) == VK_OK) {
         r->pending++;
       }
     }
@@ -402,8 +406,9 @@ static void stage_state(verify_req_t *r) {
     }
     char key[VK_REDIS_KEY_MAX];
     vk_store_key(key, it->claims->key_id);
-    if (vk_redis_command(r->app->redis, state_read, it, "HMGET %s status ver",
-                         key) != VK_OK) {
+    const char *argv[] = {"HMGET", key, "status", "ver"};
+    if (vk_redis_command_argv(r->app->redis, state_read, it, 4, argv, NULL) !=
+        VK_OK) {
       vk_call_finish(r->call, VK_GRPC_UNAVAILABLE, "key store unavailable");
       break;
     }
@@ -626,9 +631,9 @@ static void stage_commit(verify_req_t *r) {
     vk_store_key(key, it->claims->key_id);
     vk_store_vehicle_sub(chal, r->vin, suffix);
     if (state_still_current(r, it)) {
-      if (vk_redis_command(r->app->redis, challenge_set, it,
-                           "SET %s 1 NX EX %d", chal,
-                           kChallengeTtlS) != VK_OK) {
+      const char *argv[] = {"SET", chal, "1", "NX", "EX", kChallengeTtl};
+      if (vk_redis_command_argv(r->app->redis, challenge_set, it, 6, argv,
+                                NULL) != VK_OK) {
         vk_call_finish(r->call, VK_GRPC_UNAVAILABLE, "key store unavailable");
         break;
       }

@@ -493,6 +493,47 @@ TEST_F(RedisTest, SetGetRoundTrip) {
   EXPECT_EQ(0, state.downs);  // no on_state after vk_redis_free
 }
 
+// vk_redis_format_argv writes what hiredis's own encoder writes.
+TEST(RedisFormatTest, MatchesHiredis) {
+  const std::string bin("a\0b\r\nc", 6);
+  const std::string big(70000, 'x');
+  std::vector<std::vector<std::string>> commands = {
+      {"PING"},
+      {"SET", "vk:k", "v"},
+      {"SET", "", bin, "NX", "EX", "70"},
+      {"HMGET", "vk:veh:{1HGCM82633A004352}:session", "epoch", "key", "exp"},
+      {"SET", "vk:big", big},
+      std::vector<std::string>(12, "0123456789"),
+  };
+  for (const auto &cmd : commands) {
+    std::vector<const char *> argv;
+    std::vector<size_t> lens;
+    for (const auto &a : cmd) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    int argc = static_cast<int>(argv.size());
+    char *want = nullptr;
+    int want_len =
+        redisFormatCommandArgv(&want, argc, argv.data(), lens.data());
+    ASSERT_GT(want_len, 0);
+    char tiny[4];
+    size_t len = vk_redis_format_argv(tiny, sizeof(tiny), argc, argv.data(),
+                                      lens.data());
+    ASSERT_EQ(static_cast<size_t>(want_len), len) << cmd[0];
+    std::string got(len, '\0');
+    ASSERT_EQ(len, vk_redis_format_argv(got.data(), got.size(), argc,
+                                        argv.data(), lens.data()));
+    EXPECT_EQ(std::string(want, static_cast<size_t>(want_len)), got) << cmd[0];
+    redisFreeCommand(want);
+  }
+  // NUL-terminated arguments when no lengths are given.
+  const char *plain[] = {"GET", "vk:k"};
+  char out[64];
+  size_t len = vk_redis_format_argv(out, sizeof(out), 2, plain, nullptr);
+  EXPECT_EQ("*2\r\n$3\r\nGET\r\n$4\r\nvk:k\r\n", std::string(out, len));
+}
+
 TEST_F(RedisTest, ReconnectsAfterRedisRestarts) {
   int port = FreePort();
   server_.Start(port, dir_);
