@@ -546,6 +546,19 @@ TEST(Base64, DecodePaddedAndUnpadded) {
       {"+/+/", "\xfb\xff\xbf"},
       {"Zh", "f"},  // non-zero unused bits are accepted
       {"Zh==", "f"},
+      {"QQ", "A"},
+      {"QQ==", "A"},
+      {"QR", "A"},  // 4 unused bits, 0001
+      {"QR==", "A"},
+      {"QUI", "AB"},
+      {"QUI=", "AB"},
+      {"QUJ", "AB"},  // 2 unused bits, 01
+      {"QUJ=", "AB"},
+      {"QUJD", "ABC"},
+      {"QUJDQUJD", "ABCABC"},
+      {"QUJDQUJDQQ", "ABCABCA"},
+      {"QUJDQUJDQQ==", "ABCABCA"},
+      {"////", "\xff\xff\xff"},
   };
   for (const auto &c : cases) {
     Result r = Apply(vk_base64_decode, c.in);
@@ -577,6 +590,29 @@ TEST(Base64, DecodeInvalid) {
       "Zm9.",      //
       std::string("Zm\0v", 4),
       "Zm9\xc3\xa9",
+      "QQ=",           // neither padded nor unpadded
+      "QUJDQQ=",       //
+      "Q",             // 1 mod 4, any length
+      "QUJDR",         //
+      "QUJDRUZHS",     //
+      "QUJDRUZHS===",  // too much padding
+      "Q=Q=",          // '=' in the middle of a group
+      "=QQQ",          //
+      "QQ=Q",          //
+      "Q=QQ",          //
+      "==QQ",          //
+      "QQ==QUJD",      // padding before the last group
+      "QUJ=QUJD",      //
+      "QUJDQQ==QUJD",  //
+      "QUJD=",         //
+      "QUJD==",        // padding as an unpadded tail
+      "QUJDQ=",        //
+      "QUJD====",      //
+      "QUJD\t",        // whitespace anywhere
+      "\r\nQUJD",      //
+      "QU\nJD",        //
+      "QUJD QQ",       //
+      "QUJD\r\n",      //
   };
   for (const std::string &c : cases) {
     Cbb cbb;
@@ -584,6 +620,59 @@ TEST(Base64, DecodeInvalid) {
     EXPECT_EQ(vk_base64_decode(cbb.get(), U(c), c.size()), VK_EINVAL) << c;
     EXPECT_EQ(cbb.str(), "keep") << c;  // nothing appended
   }
+}
+
+// Every byte value in every place of a group and of an unpadded tail: the
+// 64 alphabet characters decode to their values, '=' only as padding, and
+// anything else is refused without output.
+TEST(Base64, DecodeEveryByte) {
+  const std::string alphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  ASSERT_EQ(alphabet.size(), 64u);
+  for (int b = 0; b < 256; b++) {
+    const char ch = static_cast<char>(b);
+    const size_t value = alphabet.find(ch);
+    for (size_t pos = 0; pos < 4; pos++) {
+      std::string in = "AAAA";
+      in[pos] = ch;
+      Result r = Apply(vk_base64_decode, in);
+      if (value != std::string::npos) {
+        const uint32_t bits = static_cast<uint32_t>(value) << (18 - 6 * pos);
+        const std::string want = {static_cast<char>(bits >> 16),
+                                  static_cast<char>(bits >> 8),
+                                  static_cast<char>(bits)};
+        EXPECT_EQ(r.rv, 0) << b << " at " << pos;
+        EXPECT_EQ(r.out, want) << b << " at " << pos;
+      } else if (ch == '=' && pos == 3) {
+        EXPECT_EQ(r.rv, 0);  // "AAA="
+        EXPECT_EQ(r.out, std::string(2, '\0'));
+      } else {
+        EXPECT_EQ(r.rv, VK_EINVAL) << b << " at " << pos;
+        EXPECT_EQ(r.out, "") << b << " at " << pos;
+      }
+    }
+    // In an unpadded 2-character tail after a whole group.
+    Result r = Apply(vk_base64_decode, std::string("AAAA") + ch + "A");
+    if (value != std::string::npos) {
+      EXPECT_EQ(r.rv, 0) << b;
+      EXPECT_EQ(r.out, std::string(3, '\0') + static_cast<char>(value << 2));
+    } else {
+      EXPECT_EQ(r.rv, VK_EINVAL) << b;
+      EXPECT_EQ(r.out, "") << b;
+    }
+  }
+  // The whole alphabet in order: the values 0..63 packed 6 bits each.
+  std::string want;
+  for (uint32_t v = 0; v < 64; v += 4) {
+    const uint32_t bits = v << 18 | (v + 1) << 12 | (v + 2) << 6 | (v + 3);
+    want += static_cast<char>(bits >> 16);
+    want += static_cast<char>(bits >> 8);
+    want += static_cast<char>(bits);
+  }
+  Result r = Apply(vk_base64_decode, alphabet);
+  EXPECT_EQ(r.rv, 0);
+  EXPECT_EQ(r.out, want);
+  EXPECT_EQ(Apply(vk_base64_encode, want).out, alphabet);
 }
 
 TEST(Base64, RoundTrip) {
