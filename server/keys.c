@@ -1552,12 +1552,18 @@ static bool manage_transition(manage_t *m) {
   vk_keys_call_t *kc = &m->kc;
   Vkey__V1__KeyStatus s = m->old->status;
   int op = (int)m->req->operation;
-  if (s == ST_REVOKED || s == ST_DELETED) {
-    vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION,
-                 s == ST_REVOKED ? "the key is revoked" : "the key is deleted");
+  // Revoked is final but for deleting it: a holder or owner clears a dead
+  // key from the lists; the record stays for the audit trail.
+  if (s == ST_DELETED) {
+    vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION, "the key is deleted");
     return false;
   }
-  if (s != ST_ACTIVE && s != ST_SUSPENDED) {
+  if (s == ST_REVOKED && op != OP_DELETE) {
+    vk_keys_fail(kc, VK_GRPC_FAILED_PRECONDITION,
+                 "the key is revoked: it can only be deleted");
+    return false;
+  }
+  if (s != ST_ACTIVE && s != ST_SUSPENDED && s != ST_REVOKED) {
     vk_keys_fail(kc, VK_GRPC_INTERNAL, "the key has an unknown status");
     return false;
   }

@@ -552,13 +552,12 @@ class Manage(KeysTestCase):
         self.assert_code(Code.NOT_FOUND, self.manage, VIN1 + ".00000000000000aa",
                          K.KEY_OPERATION_REVOKE)
 
-        # Revoked is final.
+        # Revoked is final, but for deleting (below).
         x = self.manage(kid, K.KEY_OPERATION_REVOKE)
         self.assertEqual(x.status, C.KEY_STATUS_REVOKED)
         self.assertEqual(x.claims.version, 3)
         for op in (K.KEY_OPERATION_SUSPEND, K.KEY_OPERATION_RESUME,
-                   K.KEY_OPERATION_REVOKE, K.KEY_OPERATION_DELETE,
-                   K.KEY_OPERATION_SET_FUNCTIONS):
+                   K.KEY_OPERATION_REVOKE, K.KEY_OPERATION_SET_FUNCTIONS):
             self.assert_code(FP, self.manage, kid, op)
         self.assertEqual(self.get(kid).status, C.KEY_STATUS_REVOKED)
         self.assertEqual(len(self.list_keys(vin=VIN1)), 1)  # still listed
@@ -598,6 +597,13 @@ class Manage(KeysTestCase):
         ops = [(e.operation, e.detail.split(" ")[0]) for e in self.audit(VIN1)
                if e.operation == "ManageKey" and e.result == "ok"]
         self.assertEqual(len(ops), 6)
+
+        # A revoked key can still be deleted: it leaves the lists.
+        d = self.manage(kid, K.KEY_OPERATION_DELETE)
+        self.assertEqual(d.status, C.KEY_STATUS_DELETED)
+        self.assertEqual(self.list_keys(vin=VIN1), [])
+        self.assertEqual(self.list_keys(user_id="alice"), [])
+        self.assert_code(FP, self.manage, kid, K.KEY_OPERATION_DELETE)
 
     def test_who_may_manage(self):
         kid = self.apply().claims.key_id
