@@ -31,6 +31,11 @@ static const vk_server_limits_t *limits(const vk_call_t *call) {
   return &call->conn->server->limits;
 }
 
+// Every open stream holds one call for its whole life (a vehicle channel,
+// for hours), so its size is part of the per-vehicle cost: keep it in check
+// when adding fields or growing the inline arena.
+_Static_assert(sizeof(vk_call_t) <= 2048, "vk_call_t grew past 2 KiB");
+
 vk_call_t *vk__call_new(vk_conn_t *c, int32_t stream_id) {
   vk_call_t *call = malloc(sizeof(*call));
   if (call == NULL) {

@@ -21,6 +21,14 @@
 
 enum { kWriteGatherCap = 64 * 1024 };
 
+// The unwritten tail of a flush with its request, allocated only when
+// uv_try_write could not take everything: most flushes never need it, and
+// an idle connection keeps no uv_write_t.
+typedef struct vk_pending_write_s {
+  uv_write_t req;  // req.data == the connection
+  uint8_t data[];
+} vk_pending_write_t;
+
 static void conn_on_handle_closed(uv_handle_t *h);
 
 static int bytes_reserve(vk_bytes_t *b, size_t extra) {
@@ -130,6 +138,7 @@ void vk__conn_close(vk_conn_t *c) {
   }
   c->closing = true;
   detach_calls(c);
+  vk__h2_framebuf_forget(c);
   vk_server_t *s = c->server;
   // Unlink from the server now so that counting and drain see it gone; the
   // memory goes in the last close callback.
@@ -155,8 +164,7 @@ static void conn_on_handle_closed(uv_handle_t *h) {
   }
   vk_server_t *s = c->server;
   // A pending write's callback has already run (with UV_ECANCELED) before the
-  // close callback, so write_buf is ours to free.
-  free(c->write_buf);
+  // close callback, and freed the pending write.
   nghttp2_session_del(c->h2);
   SSL_free(c->ssl);
   // Remove from the dirty list if it is there.
@@ -209,10 +217,9 @@ static int gather_tls_output(vk_conn_t *c, vk_bytes_t *out) {
 }
 
 static void conn_on_write(uv_write_t *req, int status) {
-  vk_conn_t *c = vk_container_of(req, vk_conn_t, write_req);
-  free(c->write_buf);
-  c->write_buf = NULL;
-  c->writing = false;
+  vk_conn_t *c = req->data;
+  free(c->pending_write);
+  c->pending_write = NULL;
   if (status < 0) {
     if (!c->closing) {
       VK_DEBUG("conn %s: write failed: %s", c->peer, uv_strerror(status));
@@ -237,19 +244,20 @@ static bool write_bytes(vk_conn_t *c, const uint8_t *data, size_t len) {
     return false;
   }
   size_t done = n > 0 ? (size_t)n : 0;
-  c->write_buf = malloc(len - done);
-  if (c->write_buf == NULL) {
+  vk_pending_write_t *w = malloc(sizeof(*w) + len - done);
+  if (w == NULL) {
     vk__conn_close(c);
     return false;
   }
-  memcpy(c->write_buf, data + done, len - done);
-  buf = uv_buf_init((char *)c->write_buf, (unsigned)(len - done));
-  if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, conn_on_write) !=
-      0) {
+  memcpy(w->data, data + done, len - done);
+  w->req.data = c;
+  buf = uv_buf_init((char *)w->data, (unsigned)(len - done));
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, conn_on_write) != 0) {
+    free(w);
     vk__conn_close(c);
     return false;
   }
-  c->writing = true;
+  c->pending_write = w;
   return true;
 }
 
@@ -268,7 +276,7 @@ static void notify_writable(vk_conn_t *c) {
 
 void vk__conn_flush(vk_conn_t *c) {
   vk_server_t *s = c->server;
-  while (!c->writing && !c->closing) {
+  while (c->pending_write == NULL && !c->closing) {
     vk_bytes_t *plain = &s->out_plain;
     plain->len = 0;
     // Until the TLS handshake completes SSL_write cannot carry our SETTINGS
@@ -280,6 +288,9 @@ void vk__conn_flush(vk_conn_t *c) {
         VK_WARN("conn %s: %s", c->peer, nghttp2_strerror(rv));
         vk__conn_close(c);
         return;
+      }
+      if (plain->len > 0) {
+        vk__h2_framebuf_touched(c);
       }
     }
     const uint8_t *data = plain->data;
@@ -311,7 +322,7 @@ void vk__conn_flush(vk_conn_t *c) {
   if (c->writable != NULL) {
     notify_writable(c);
   }
-  if (!c->writing && !nghttp2_session_want_read(c->h2) &&
+  if (c->pending_write == NULL && !nghttp2_session_want_read(c->h2) &&
       !nghttp2_session_want_write(c->h2)) {
     vk__conn_close(c);
   }

@@ -3,7 +3,10 @@
 // turn HTTP/2 events into gRPC call events (call.c). Errors are graded as in
 // nghttp2: a bad request resets or answers its own stream, only a broken
 // connection takes the connection down.
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "log.h"
@@ -154,10 +157,176 @@ int vk__h2_callbacks_new(nghttp2_session_callbacks **out) {
   return VK_OK;
 }
 
+// --- nghttp2's memory -------------------------------------------------------
+//
+// nghttp2 1.52 allocates a 16 KiB output frame buffer per session when the
+// session is created (NGHTTP2_FRAMEBUF_CHUNKLEN) and keeps it for the
+// session's life, although it holds bytes only while
+// nghttp2_session_mem_send packs a frame: conn.c copies each frame out at
+// once, and when nghttp2 has nothing left to send (want_write is 0: no frame
+// in progress, none queued) nothing in the buffer is ever read again before
+// being written. On an idle connection (a vehicle's channel) that buffer is
+// the largest thing we hold, and it is resident wherever a frame touched it.
+//
+// So the session gets an allocator whose user data is the connection: the
+// one large block nghttp2 allocates while the session is created goes on
+// pages of its own, and once a connection has sent nothing for
+// VK_H2_FRAMEBUF_QUIET_MS those pages go back to the kernel (MADV_DONTNEED:
+// they read as zeros and cost nothing until the next frame is packed into
+// them). Every other allocation is plain malloc. If nghttp2 ever allocated the
+// buffer later, or not at all, c->fb stays NULL and this does nothing.
+
+// Blocks at least this large allocated during session creation are the
+// frame buffer (the other blocks then are at most 4 KiB).
+enum { kFramebufMin = 8192 };
+
+static void *h2_malloc(size_t size, void *user_data) {
+  (void)user_data;
+  return malloc(size);
+}
+
+static void *h2_calloc(size_t n, size_t size, void *user_data) {
+  (void)user_data;
+  return calloc(n, size);
+}
+
+// A page-aligned block for the frame buffer, or plain malloc where pages
+// are too large to give any back.
+static void *framebuf_alloc(vk_conn_t *c, size_t size) {
+  size_t page = c->server->page_size;
+  void *p = NULL;
+  if (size < page || posix_memalign(&p, page, size) != 0) {
+    return malloc(size);
+  }
+  c->fb = p;
+  c->fb_len = size;
+  return p;
+}
+
+static void *h2_realloc(void *p, size_t size, void *user_data) {
+  vk_conn_t *c = user_data;
+  if (p == NULL && c->h2_creating && c->fb == NULL && size >= kFramebufMin) {
+    return framebuf_alloc(c, size);
+  }
+  if (p != NULL && p == c->fb) {
+    c->fb = NULL;  // moved: no longer ours to release
+  }
+  return realloc(p, size);
+}
+
+static void h2_free(void *p, void *user_data) {
+  vk_conn_t *c = user_data;
+  if (p != NULL && p == c->fb) {
+    c->fb = NULL;
+  }
+  free(p);
+}
+
+bool vk__h2_framebuf_release(vk_conn_t *c) {
+  if (c->fb == NULL) {
+    return false;
+  }
+  // Whole pages only: the block starts on a page, and its partial last page
+  // is shared with whatever malloc put after it. madvise is advisory: on
+  // failure the pages just stay resident.
+  size_t len = c->fb_len & ~(c->server->page_size - 1);
+  (void)madvise(c->fb, len, MADV_DONTNEED);
+  return true;
+}
+
+static void framebuf_unlink(vk_conn_t *c) {
+  vk_server_t *s = c->server;
+  *(c->fb_prev != NULL ? &c->fb_prev->fb_next : &s->fb_head) = c->fb_next;
+  *(c->fb_next != NULL ? &c->fb_next->fb_prev : &s->fb_tail) = c->fb_prev;
+  c->fb_prev = c->fb_next = NULL;
+  c->fb_listed = false;
+}
+
+static void framebuf_append(vk_conn_t *c, uint64_t now) {
+  vk_server_t *s = c->server;
+  c->fb_used_at = now;
+  c->fb_listed = true;
+  c->fb_next = NULL;
+  c->fb_prev = s->fb_tail;
+  *(s->fb_tail != NULL ? &s->fb_tail->fb_next : &s->fb_head) = c;
+  s->fb_tail = c;
+}
+
+static void on_framebuf_sweep(uv_timer_t *t);
+
+// Arms the sweep for when the least recently written connection will have
+// been quiet long enough.
+static void framebuf_arm(vk_server_t *s, uint64_t now) {
+  if (s->fb_head == NULL) {
+    return;
+  }
+  uint64_t due = s->fb_head->fb_used_at + VK_H2_FRAMEBUF_QUIET_MS;
+  uv_timer_start(&s->fb_sweep, on_framebuf_sweep, due > now ? due - now : 0, 0);
+}
+
+// Releases the frame buffers of connections quiet for the whole period, in
+// the order they last wrote. A busy connection is never reached (each flush
+// moves it to the tail) and so never pays for this; a connection that goes
+// quiet pays one madvise, and one page fault when it next writes. Should
+// nghttp2 still hold frames to send (a peer that does not read), the buffer
+// may be in use: look again a period later.
+static void on_framebuf_sweep(uv_timer_t *t) {
+  vk_server_t *s = vk_container_of(t, vk_server_t, fb_sweep);
+  uint64_t now = uv_now(s->loop);
+  vk_conn_t *c;
+  while ((c = s->fb_head) != NULL &&
+         now - c->fb_used_at >= VK_H2_FRAMEBUF_QUIET_MS) {
+    framebuf_unlink(c);
+    if (nghttp2_session_want_write(c->h2)) {
+      framebuf_append(c, now);
+    } else {
+      vk__h2_framebuf_release(c);
+    }
+  }
+  framebuf_arm(s, now);
+}
+
+void vk__h2_framebuf_init(vk_server_t *s) {
+  long page = sysconf(_SC_PAGESIZE);
+  s->page_size = page > 0 ? (size_t)page : 4096;
+  uv_timer_init(s->loop, &s->fb_sweep);
+  uv_unref((uv_handle_t *)&s->fb_sweep);  // never keeps the loop alive
+}
+
+void vk__h2_framebuf_touched(vk_conn_t *c) {
+  if (c->fb == NULL) {
+    return;
+  }
+  vk_server_t *s = c->server;
+  uint64_t now = uv_now(s->loop);
+  if (c->fb_listed) {
+    framebuf_unlink(c);
+  }
+  framebuf_append(c, now);
+  // Armed for the head; a head that moved since only makes it fire early.
+  if (!uv_is_active((uv_handle_t *)&s->fb_sweep)) {
+    framebuf_arm(s, now);
+  }
+}
+
+void vk__h2_framebuf_forget(vk_conn_t *c) {
+  if (c->fb_listed) {
+    framebuf_unlink(c);
+  }
+}
+
+// --- the session -------------------------------------------------------------
+
 int vk__h2_session_new(vk_conn_t *c) {
   vk_server_t *s = c->server;
-  if (nghttp2_session_server_new2(&c->h2, s->h2_callbacks, c, s->h2_option) !=
-      0) {
+  // nghttp2 copies `mem` into the session (nghttp2.h: it does not refer to
+  // the pointer after the call), so the stack is fine.
+  nghttp2_mem mem = {c, h2_malloc, h2_free, h2_calloc, h2_realloc};
+  c->h2_creating = true;
+  int rv = nghttp2_session_server_new3(&c->h2, s->h2_callbacks, c, s->h2_option,
+                                       &mem);
+  c->h2_creating = false;
+  if (rv != 0) {
     return VK_ENOMEM;
   }
   // Our SETTINGS: the stream cap, the header list cap, and windows large

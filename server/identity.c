@@ -343,6 +343,12 @@ void vk_auth_bearer(vk_app_t *app, vk_call_t *call, vk_role_t role,
 
 // --- vehicle assertions ---------------------------------------------------
 
+// The state of one vehicle authentication. It lives on the heap, not in the
+// call's arena, and is freed when the flow ends (vehicle_end): a vehicle
+// channel's call lasts for hours, and its arena would otherwise keep this
+// state (mostly the 2.3 KiB crypto job) for as long, though it is dead once
+// the vehicle is known. The continuation runs after the free, so whatever it
+// allocates for the stream's lifetime may reuse the memory.
 typedef struct {
   vk_crypto_job_t job;
   vk_app_t *app;
@@ -350,23 +356,28 @@ typedef struct {
   vk_auth_done_fn done;
   void *arg;
   vk_identity_t who;
-  uint8_t *msg;
-  size_t msg_len;
   uint8_t sig[64];
   uint8_t public_key[32];
   char nonce_key[VK_REDIS_KEY_MAX];
+  size_t msg_len;
+  uint8_t msg[];  // the signed message (assertion_message)
 } vehicle_ctx_t;
 
-// Every exit of the vehicle flow goes through here: finish with `status` if
-// not OK, else hand over to the caller's continuation; then drop our ref.
+// Every exit of the vehicle flow goes through here: free the state, then
+// finish with `status` if not OK, else hand over to the caller's
+// continuation; then drop our ref.
 static void vehicle_end(vehicle_ctx_t *v, vk_grpc_status_t status,
                         const char *msg) {
   vk_call_t *call = v->call;
+  vk_identity_t who = v->who;
+  vk_auth_done_fn done = v->done;
+  void *arg = v->arg;
+  free(v);
   if (!vk_call_is_done(call)) {
     if (status != VK_GRPC_OK) {
       vk_call_finish(call, status, msg);
     } else {
-      v->done(call, &v->who, v->arg);
+      done(call, &who, arg);
     }
   }
   vk_call_unref(call);
@@ -452,77 +463,92 @@ static void vehicle_looked_up(vk_redis_t *r, int status,
   }
 }
 
-// Builds the signed message of identity.proto's VehicleAssertion.
-static uint8_t *assertion_message(vk_call_t *call,
-                                  const Vkey__V1__VehicleAssertion *a,
-                                  size_t *out_len) {
+// The length of identity.proto's VehicleAssertion signed message.
+static size_t assertion_message_len(vk_call_t *call,
+                                    const Vkey__V1__VehicleAssertion *a) {
+  return sizeof(kVehicleContext) + strlen(a->vin) + 1 +
+         strlen(vk_call_path(call)) + 1 + 8 + a->nonce.len;
+}
+
+// Writes the signed message of the assertion into `out`, which holds exactly
+// assertion_message_len bytes. Returns false if it does not fit.
+static bool assertion_message(uint8_t *out, size_t len, vk_call_t *call,
+                              const Vkey__V1__VehicleAssertion *a) {
   const char *path = vk_call_path(call);
   CBB cbb;
-  uint8_t *raw;
-  size_t raw_len;
-  if (!CBB_init(&cbb, 128) ||
+  size_t written;
+  if (!CBB_init_fixed(&cbb, out, len) ||
       !CBB_add_bytes(&cbb, (const uint8_t *)kVehicleContext,
                      sizeof(kVehicleContext)) ||
       !CBB_add_bytes(&cbb, (const uint8_t *)a->vin, strlen(a->vin) + 1) ||
       !CBB_add_bytes(&cbb, (const uint8_t *)path, strlen(path) + 1) ||
       !CBB_add_u64(&cbb, (uint64_t)a->timestamp) ||
       !CBB_add_bytes(&cbb, a->nonce.data, a->nonce.len) ||
-      !CBB_finish(&cbb, &raw, &raw_len)) {
+      !CBB_finish(&cbb, NULL, &written)) {
     CBB_cleanup(&cbb);
-    return NULL;
+    return false;
   }
-  uint8_t *msg = vk_call_alloc(call, raw_len);
-  if (msg != NULL) {
-    memcpy(msg, raw, raw_len);
-    *out_len = raw_len;
-  }
-  OPENSSL_free(raw);
-  return msg;
+  return written == len;
 }
 
-void vk_auth_vehicle(vk_app_t *app, vk_call_t *call, const char *vin,
-                     vk_auth_done_fn done, void *arg) {
+// Checks what can be checked without I/O. Returns NULL with the call
+// finished, or the decoded assertion (heap; the caller frees it).
+static Vkey__V1__VehicleAssertion *vehicle_assertion(vk_call_t *call,
+                                                     const char *vin) {
   size_t len;
   const uint8_t *bin = vk_call_metadata(call, "x-vkey-vehicle-bin", &len);
   if (bin == NULL) {
     vk_call_finish(call, VK_GRPC_UNAUTHENTICATED,
                    "missing vehicle credential: x-vkey-vehicle-bin");
-    return;
+    return NULL;
   }
   if (len > 512) {
     vk_call_finish(call, VK_GRPC_UNAUTHENTICATED, "vehicle assertion too big");
-    return;
+    return NULL;
   }
+  // Decoded on the heap, not in the arena: it is needed only until the
+  // state below is built.
   Vkey__V1__VehicleAssertion *a =
-      vkey__v1__vehicle_assertion__unpack(vk_call_allocator(call), len, bin);
+      vkey__v1__vehicle_assertion__unpack(NULL, len, bin);
+  const char *err = NULL;
+  vk_grpc_status_t status = VK_GRPC_UNAUTHENTICATED;
+  int64_t now_s = vk_wall_ms() / 1000;
   if (a == NULL || !vk_vin_valid(a->vin) || a->nonce.len < 16 ||
       a->nonce.len > 32 || a->signature.len != 64) {
-    vk_call_finish(call, VK_GRPC_UNAUTHENTICATED,
-                   "malformed vehicle assertion");
-    return;
+    err = "malformed vehicle assertion";
+  } else if (strcmp(a->vin, vin) != 0) {
+    status = VK_GRPC_PERMISSION_DENIED;
+    err = "the credential is for another vehicle";
+  } else if (a->timestamp < now_s - kAssertionWindowS ||
+             a->timestamp > now_s + kAssertionWindowS) {
+    err =
+        "vehicle assertion outside the 60 s window (check the vehicle's "
+        "clock)";
   }
-  if (strcmp(a->vin, vin) != 0) {
-    vk_call_finish(call, VK_GRPC_PERMISSION_DENIED,
-                   "the credential is for another vehicle");
-    return;
+  if (err != NULL) {
+    vkey__v1__vehicle_assertion__free_unpacked(a, NULL);
+    vk_call_finish(call, status, err);
+    return NULL;
   }
-  int64_t now_s = vk_wall_ms() / 1000;
-  if (a->timestamp < now_s - kAssertionWindowS ||
-      a->timestamp > now_s + kAssertionWindowS) {
-    vk_call_finish(call, VK_GRPC_UNAUTHENTICATED,
-                   "vehicle assertion outside the 60 s window (check the "
-                   "vehicle's clock)");
-    return;
+  return a;
+}
+
+// Builds the flow's state from a checked assertion. NULL when out of memory.
+static vehicle_ctx_t *vehicle_ctx_new(vk_app_t *app, vk_call_t *call,
+                                      const char *vin,
+                                      const Vkey__V1__VehicleAssertion *a) {
+  size_t msg_len = assertion_message_len(call, a);
+  vehicle_ctx_t *v = calloc(1, sizeof(*v) + msg_len);
+  if (v == NULL) {
+    return NULL;
   }
-  vehicle_ctx_t *v = vk_call_alloc(call, sizeof(*v));
-  if (v == NULL || (v->msg = assertion_message(call, a, &v->msg_len)) == NULL) {
-    vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
-    return;
+  v->msg_len = msg_len;
+  if (!assertion_message(v->msg, msg_len, call, a)) {
+    free(v);
+    return NULL;
   }
   v->app = app;
   v->call = call;
-  v->done = done;
-  v->arg = arg;
   v->who.role = VK_ROLE_VEHICLE;
   snprintf(v->who.subject, sizeof(v->who.subject), "%s", vin);
   memcpy(v->sig, a->signature.data, 64);
@@ -531,6 +557,23 @@ void vk_auth_vehicle(vk_app_t *app, vk_call_t *call, const char *vin,
   char suffix[80];
   snprintf(suffix, sizeof(suffix), "nonce:%s", hex);
   vk_store_vehicle_sub(v->nonce_key, vin, suffix);
+  return v;
+}
+
+void vk_auth_vehicle(vk_app_t *app, vk_call_t *call, const char *vin,
+                     vk_auth_done_fn done, void *arg) {
+  Vkey__V1__VehicleAssertion *a = vehicle_assertion(call, vin);
+  if (a == NULL) {
+    return;
+  }
+  vehicle_ctx_t *v = vehicle_ctx_new(app, call, vin, a);
+  vkey__v1__vehicle_assertion__free_unpacked(a, NULL);
+  if (v == NULL) {
+    vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  v->done = done;
+  v->arg = arg;
   char vkey[VK_REDIS_KEY_MAX];
   vk_store_vehicle(vkey, vin);
   vk_call_ref(call);

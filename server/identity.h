@@ -53,6 +53,9 @@ void vk_auth_bearer(vk_app_t *app, vk_call_t *call, vk_role_t role,
 // 60 s, the vehicle is registered and active, the signature over the
 // call's method verifies with its key, and the nonce is new (Redis SET NX).
 // Failures finish the call as vk_auth_bearer's do; Redis down: UNAVAILABLE.
+// The flow's state (the decoded assertion, the signed message, the crypto
+// job) is on the heap and freed before `done` runs, so a long-lived call's
+// arena keeps none of it; `who` is valid only during `done`.
 void vk_auth_vehicle(vk_app_t *app, vk_call_t *call, const char *vin,
                      vk_auth_done_fn done, void *arg);
 

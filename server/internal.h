@@ -6,7 +6,11 @@
 //   vk_server_t  owns listeners, the connection list, the router and the
 //                shared I/O scratch buffers (one loop thread uses them).
 //   vk_conn_t    owns its uv_tcp_t, idle timer, nghttp2 session, SSL, and a
-//                heap copy of bytes a partial write left behind.
+//                heap copy of bytes a partial write left behind (with its
+//                uv_write_t, only while that write is pending). nghttp2's
+//                frame buffer is the session's, but h2.c places it and
+//                returns its pages to the kernel while the connection is
+//                quiet.
 //   vk_call_t    is refcounted: one reference from its stream (dropped in
 //                nghttp2's stream-close callback or at connection teardown),
 //                one per pending asynchronous job. It owns its arena, its
@@ -14,6 +18,7 @@
 #ifndef VK_INTERNAL_H
 #define VK_INTERNAL_H
 
+#include <stdalign.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -63,6 +68,13 @@ struct vk_server_s {
   vk_bytes_t out_plain;      // frames gathered from nghttp2 for one write
   vk_bytes_t out_cipher;     // the same after TLS
 
+  // Connections whose nghttp2 frame buffer may have resident pages (h2.c),
+  // least recently written first; fb_sweep fires when the first has been
+  // quiet for VK_H2_FRAMEBUF_QUIET_MS.
+  vk_conn_t *fb_head, *fb_tail;  // through conn->fb_prev/fb_next
+  uv_timer_t fb_sweep;
+  size_t page_size;
+
   uint64_t next_call_id;
   bool draining;
   bool freeing;
@@ -92,9 +104,17 @@ struct vk_conn_s {
   // capped so that many streams cannot each hold a maximal message.
   size_t rbuf_total;
 
-  uv_write_t write_req;
-  uint8_t *write_buf;  // bytes uv_try_write left for uv_write
-  bool writing;
+  // What uv_try_write left for uv_write; NULL while no write is pending.
+  struct vk_pending_write_s *pending_write;
+
+  // nghttp2's output frame buffer, on pages of its own (h2.c); NULL when
+  // nghttp2 did not allocate one while the session was created.
+  uint8_t *fb;
+  size_t fb_len;
+  uint64_t fb_used_at;           // uv_now() of the last frames written
+  vk_conn_t *fb_prev, *fb_next;  // in server->fb_head
+  bool fb_listed;                // some page may be resident
+  bool h2_creating;  // inside nghttp2_session_server_new3 (h2.c's allocator)
 
   bool closing;  // uv_close has been called on the handles
   bool goaway_sent;
@@ -108,6 +128,9 @@ typedef struct vk_outbuf_s {
   size_t len;
   uint8_t data[];
 } vk_outbuf_t;
+
+// Bytes of arena in each call's own allocation (vk_call_t.arena_inline).
+#define VK_CALL_INLINE_ARENA 1536
 
 // Metadata as received or to be sent.
 typedef struct vk_md_s {
@@ -183,8 +206,13 @@ struct vk_call_s {
 
   vk_arena_t arena;
   // The first arena chunk lives in the call's own allocation, so a typical
-  // call makes no further malloc for its metadata and request.
-  max_align_t arena_inline[64];
+  // call makes no further malloc for its metadata and request. Sized in
+  // bytes (max_align_t is 32 bytes on x86-64, so a count of them hid a
+  // 2 KiB buffer): a CheckKeyStatus from vkey-bench uses 1.36 KiB of
+  // arena, a vehicle channel about 0.8 KiB for its whole life; VerifyKey
+  // (its crypto job alone is 2.3 KiB) takes a heap chunk at any size. Every
+  // open stream pays for it, so it is no larger than that.
+  alignas(16) unsigned char arena_inline[VK_CALL_INLINE_ARENA];
 };
 
 // --- call.c, used by h2.c ----------------------------------------------------
@@ -220,6 +248,19 @@ void vk__server_conn_released(vk_server_t *s);
 
 // --- h2.c -------------------------------------------------------------------
 int vk__h2_callbacks_new(nghttp2_session_callbacks **out);
+// Creates c->h2 with h2.c's allocator. Returns 0 or VK_ENOMEM.
 int vk__h2_session_new(vk_conn_t *c);
+
+// The frame buffer's pages (see h2.c). conn.c calls vk__h2_framebuf_touched
+// after a flush that wrote frames; once the connection has written nothing
+// for VK_H2_FRAMEBUF_QUIET_MS and nghttp2 has nothing to send, the pages go
+// back to the kernel. vk__h2_framebuf_forget unlinks a closing connection.
+#define VK_H2_FRAMEBUF_QUIET_MS 500u
+void vk__h2_framebuf_init(vk_server_t *s);
+void vk__h2_framebuf_touched(vk_conn_t *c);
+void vk__h2_framebuf_forget(vk_conn_t *c);
+// Returns the whole pages of c->fb to the kernel now. Returns true if
+// there was a frame buffer to release. For the sweep and tests.
+bool vk__h2_framebuf_release(vk_conn_t *c);
 
 #endif  // VK_INTERNAL_H

@@ -85,6 +85,7 @@ int vk_server_new(vk_server_t **out, uv_loop_t *loop,
   uv_unref((uv_handle_t *)&s->flush_prepare);
   uv_timer_init(loop, &s->drain_timer);
   uv_unref((uv_handle_t *)&s->drain_timer);
+  vk__h2_framebuf_init(s);
   *out = s;
   return VK_OK;
 
@@ -265,9 +266,11 @@ void vk_server_free(vk_server_t *s) {
   }
   s->flush_prepare.data = s;
   s->drain_timer.data = s;
-  s->pending_closes += 2;
+  s->fb_sweep.data = s;
+  s->pending_closes += 3;
   uv_close((uv_handle_t *)&s->flush_prepare, server_on_handle_closed);
   uv_close((uv_handle_t *)&s->drain_timer, server_on_handle_closed);
+  uv_close((uv_handle_t *)&s->fb_sweep, server_on_handle_closed);
 }
 
 size_t vk_server_connection_count(const vk_server_t *s) {
