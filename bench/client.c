@@ -19,6 +19,14 @@
 // is polled every millisecond and counted: the client is then the
 // bottleneck, and the report says so.
 //
+// Operations of several calls (share: Authorize, then Redeem): a stream
+// slot holds the whole operation. When a call succeeds, the source's
+// `next` builds the following call from its response (in the slot's own
+// buffer) and the slot waits on its connection's `chained` list, still in
+// use, until the read callback submits it after nghttp2 returns. The
+// operation is counted once, when its last call ends, with its latency
+// from its start; in open loop only operations are scheduled.
+//
 // Timeline: CONNECTING (until every server SETTINGS arrived) -> WARMUP ->
 // MEASURE (the window; only calls completing in it are counted) -> DONE.
 // Nothing is torn down inside an nghttp2 callback (STYLE rule 9): callbacks
@@ -78,10 +86,13 @@ typedef struct stream_s {
   uint64_t start_ns;   // intended (open loop) or submission time
   size_t sent;         // request body bytes given to nghttp2
   int in_use;
-  int http_status;        // :status, 0 until seen
-  int grpc_status;        // -1 until seen
-  int resp_over_cap;      // the response body exceeded VK_BENCH_MAX_MESSAGE
-  char grpc_message[64];  // start of grpc-message, for the first error
+  uint32_t step;             // the call's place in its operation, from 0
+  uint64_t step_ns;          // the call's own start
+  struct stream_s *chained;  // next on the connection's `chained` list
+  int http_status;           // :status, 0 until seen
+  int grpc_status;           // -1 until seen
+  int resp_over_cap;         // the response body exceeded VK_BENCH_MAX_MESSAGE
+  char grpc_message[64];     // start of grpc-message, for the first error
   vk_bench_buf_t resp;
 } stream_t;
 
@@ -93,6 +104,7 @@ struct conn_s {
   nghttp2_session *h2;
   stream_t *streams;  // -m slots
   stream_t *free_list;
+  stream_t *chained;     // slots whose operation's next call waits
   uint32_t max_streams;  // min(-m, server's limit), once ready
   uint32_t inflight;
   int open;             // tcp initialised and not yet closed
@@ -316,8 +328,11 @@ static void on_warmup_timer(uv_timer_t *t) {
 
 typedef enum { OUT_OK, OUT_GRPC, OUT_HTTP, OUT_BAD } outcome_t;
 
+// classify judges a finished call; for a good one `*out_msg`/`*out_len`
+// view its response message (in s->resp).
 static outcome_t classify(bench_t *b, stream_t *s, uint32_t error_code,
-                          int *out_code, const char **out_why) {
+                          int *out_code, const char **out_why,
+                          const uint8_t **out_msg, size_t *out_len) {
   const char *why = "bad gRPC framing";
   *out_code = 0;
   if (error_code != NGHTTP2_NO_ERROR) {
@@ -352,6 +367,8 @@ static outcome_t classify(bench_t *b, stream_t *s, uint32_t error_code,
     *out_why = why;
     return OUT_BAD;
   }
+  *out_msg = msg;
+  *out_len = len;
   return OUT_OK;
 }
 
@@ -481,6 +498,41 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags,
   return 0;
 }
 
+static uint64_t us_since(uint64_t start_ns, uint64_t now) {
+  return now > start_ns ? (now - start_ns + 500) / 1000 : 0;
+}
+
+// step_next handles a successful call of an operation of several calls:
+// records its step's latency and builds the next call into the slot.
+// Returns 0 (the slot is chained), VK_ENOTFOUND (the operation is done) or
+// a failure with `*out_why`.
+static int step_next(conn_t *c, stream_t *s, uint64_t now, const uint8_t *msg,
+                     size_t len, const char **out_why) {
+  bench_t *b = c->bench;
+  const vk_bench_source_t *src = b->src;
+  if (b->phase == PHASE_MEASURE) {
+    vk_bench_result_step(b->res, s->step, s->req.path,
+                         us_since(s->step_ns, now));
+  }
+  vk_bench_req_t next;
+  memset(&next, 0, sizeof(next));
+  // The response stays in s->resp; the next body goes to s->own, where
+  // the finished call's request was.
+  int rv =
+      src->next(src->next_ctx, &s->own, &next, out_why, s->req.path, msg, len);
+  if (rv != VK_OK) {
+    if (rv != VK_ENOTFOUND && rv != VK_EPROTO) {
+      *out_why = "cannot build the operation's next call";
+    }
+    return rv;
+  }
+  s->req = next;
+  s->step++;
+  s->chained = c->chained;
+  c->chained = s;
+  return VK_OK;
+}
+
 static int on_stream_close(nghttp2_session *session, int32_t stream_id,
                            uint32_t error_code, void *user_data) {
   conn_t *c = user_data;
@@ -489,11 +541,22 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id,
     return 0;
   }
   uint64_t now = uv_hrtime();
-  uint64_t latency_us =
-      now > s->start_ns ? (now - s->start_ns + 500) / 1000 : 0;
+  uint64_t latency_us = us_since(s->start_ns, now);
   int code;
   const char *why = NULL;
-  outcome_t o = classify(c->bench, s, error_code, &code, &why);
+  const uint8_t *msg = NULL;
+  size_t len = 0;
+  outcome_t o = classify(c->bench, s, error_code, &code, &why, &msg, &len);
+  if (o == OUT_OK && c->bench->src->next != NULL) {
+    int rv = step_next(c, s, now, msg, len, &why);
+    if (rv == VK_OK) {
+      return 0;  // sent by conn_chain once nghttp2 has returned
+    }
+    if (rv != VK_ENOTFOUND) {
+      note_first_error(c->bench, "bad response: %s", why);
+      o = OUT_BAD;
+    }
+  }
   // Release first, so that a window ended by this call (-n) does not count
   // it as unfinished. The slot's data stays intact until it is reused,
   // which never happens inside this callback.
@@ -644,10 +707,12 @@ static int conn_prepare(conn_t *c) {
   return VK_OK;
 }
 
-// conn_submit sends the prepared request of the next free stream slot.
-static int conn_submit(conn_t *c, uint64_t start_ns) {
+// submit_call queues slot `s`'s request on the connection's session and
+// resets the slot's per-call state. Returns the stream id, or a negative
+// nghttp2 error (stream ids exhausted, out of memory): the connection
+// then takes no new calls.
+static int32_t submit_call(conn_t *c, stream_t *s) {
   bench_t *b = c->bench;
-  stream_t *s = c->free_list;
   const vk_bench_config_t *cfg = b->cfg;
   const vk_bench_source_t *src = b->src;
   const vk_bench_req_t *req = &s->req;
@@ -677,7 +742,6 @@ static int conn_submit(conn_t *c, uint64_t start_ns) {
   nghttp2_data_provider prd;
   prd.source.ptr = s;
   prd.read_callback = on_data_source_read;
-  s->start_ns = start_ns;
   s->sent = 0;
   s->http_status = 0;
   s->grpc_status = -1;
@@ -693,8 +757,21 @@ static int conn_submit(conn_t *c, uint64_t start_ns) {
       b->free_slots -= c->max_streams - c->inflight;
     }
     note_first_error(b, "cannot submit a request: %s", nghttp2_strerror(id));
+  }
+  return id;
+}
+
+// conn_submit sends the prepared request of the next free stream slot: the
+// first call of an operation starting at `start_ns`.
+static int conn_submit(conn_t *c, uint64_t start_ns) {
+  bench_t *b = c->bench;
+  stream_t *s = c->free_list;
+  if (submit_call(c, s) < 0) {
     return VK_EIO;
   }
+  s->start_ns = start_ns;
+  s->step_ns = start_ns;
+  s->step = 0;
   b->seq++;
   s->prepared = 0;
   c->free_list = s->next_free;
@@ -704,6 +781,34 @@ static int conn_submit(conn_t *c, uint64_t start_ns) {
   b->free_slots--;
   mark_dirty(c);
   return VK_OK;
+}
+
+// conn_chain sends the next call of every operation that continues on
+// this connection (step_next queued them). Their slots stay in use: the
+// operation keeps its place in the closed loop, and in open loop it is
+// not scheduled again. Not inside an nghttp2 callback.
+static void conn_chain(conn_t *c) {
+  bench_t *b = c->bench;
+  while (c->chained != NULL) {
+    stream_t *s = c->chained;
+    c->chained = s->chained;
+    s->chained = NULL;
+    if (b->shutting_down ||
+        (b->phase != PHASE_WARMUP && b->phase != PHASE_MEASURE)) {
+      release_slot(c, s);  // the window is over: counted as unfinished
+      continue;
+    }
+    if (c->goaway || c->closing || c->h2 == NULL || submit_call(c, s) < 0) {
+      note_first_error(b,
+                       "connection closing: an operation's next call "
+                       "could not be sent");
+      release_slot(c, s);
+      record(b, OUT_HTTP, 0, NULL, 0);
+      continue;
+    }
+    s->step_ns = uv_hrtime();
+    mark_dirty(c);
+  }
 }
 
 // conn_fill keeps a closed-loop connection's streams busy.
@@ -781,6 +886,7 @@ static void conn_lost(conn_t *c, const char *why) {
     fprintf(stderr, "vkey-bench: connection to %s lost: %s\n",
             b->cfg->authority, why);
   }
+  c->chained = NULL;  // those slots are in use: failed below
   for (uint32_t i = 0; i < b->cfg->streams; i++) {
     stream_t *s = &c->streams[i];
     if (s->in_use) {
@@ -883,6 +989,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (b->phase == PHASE_DONE && !b->shutting_down) {
     bench_shutdown(b);  // -n reached inside a callback
   }
+  conn_chain(c);
   if (b->phase == PHASE_CONNECTING && b->nready == b->nconns &&
       was_ready != b->nready) {
     start_load(b);  // the last SETTINGS arrived

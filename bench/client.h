@@ -16,13 +16,19 @@ extern "C" {
 
 // Where requests come from: a prebuilt pool, or the rings of signer
 // threads (taken round-robin, a request at most once). `hdrs` go on every
-// request (e.g. the operator's authorization).
+// request (e.g. the operator's authorization). With `next`, a request
+// starts an operation of several calls: each successful call's response
+// gives the next call (next(next_ctx, ...)), sent on the same stream slot
+// as soon as the response is in; the operation is what the run counts,
+// times and paces (see vk_bench_next_fn).
 typedef struct vk_bench_source_s {
   const vk_bench_pool_t *pool;
   vk_bench_signer_t *const *signers;
   size_t n_signers;
   const vk_bench_hdr_t *hdrs;
   size_t n_hdrs;
+  vk_bench_next_fn next;  // NULL: one call per operation
+  void *next_ctx;
 } vk_bench_source_t;
 
 // vk_bench_run connects -c connections to cfg's target, waits for each

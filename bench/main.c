@@ -62,6 +62,7 @@ static void provision_opts(vk_bench_provision_t *p,
   p->owner_keys = 1;
   p->sessions = w == VK_BENCH_WORK_CHECK || w == VK_BENCH_WORK_MIXED;
   p->cold_keys = w == VK_BENCH_WORK_VERIFY_COLD ? cfg->params.cold_keys : 0;
+  p->recipient = w == VK_BENCH_WORK_SHARE;
   p->quiet = cfg->quiet;
 }
 
@@ -264,8 +265,14 @@ static int run_signed(vk_bench_config_t *cfg) {
     vk_bench_work_t w = cfg->scenario->workload;
     int bearer = w == VK_BENCH_WORK_VERIFY || w == VK_BENCH_WORK_VERIFY_P256 ||
                  w == VK_BENCH_WORK_VERIFY_COLD;
-    vk_bench_source_t src = {NULL, sg->signers, sg->n, bearer ? &auth : NULL,
-                             bearer ? 1 : 0};
+    vk_bench_source_t src = {
+        NULL,           sg->signers, sg->n, bearer ? &auth : NULL,
+        bearer ? 1 : 0, NULL,        NULL};
+    if (w == VK_BENCH_WORK_SHARE) {
+      // Authorize (from the signers), then the loop sends the Redeem.
+      src.next = vk_bench_share_next;
+      src.next_ctx = &sg->fleet;
+    }
     wait_rings_full(sg, fill_limit(cfg, sg->n), cfg->quiet);
     status = run_and_report(cfg, &src, sg);
   }
@@ -311,7 +318,7 @@ int main(int argc, char **argv) {
     return status;
   }
   find_redis_pid(&cfg);
-  vk_bench_source_t src = {&pool, NULL, 0, NULL, 0};
+  vk_bench_source_t src = {&pool, NULL, 0, NULL, 0, NULL, NULL};
   int status = run_and_report(&cfg, &src, NULL);
   vk_bench_pool_cleanup(&pool);
   return status;

@@ -138,14 +138,15 @@ static int run_step(prov_t *pv, const char *what, size_t n,
 
 // --- users and vehicles ----------------------------------------------------
 
+// User 0 is the owner; user 1, when asked for, the recipient of shares.
 static int make_user(void *arg, size_t index, vk_bench_rpc_req_t *out) {
   prov_t *pv = arg;
-  (void)index;
   char rid[64];
-  snprintf(rid, sizeof(rid), "vkb%u-user", pv->p->seed);
+  snprintf(rid, sizeof(rid), "vkb%u-%s", pv->p->seed,
+           index == 0 ? "user" : "recipient");
   Vkey__V1__RegisterUserRequest req = VKEY__V1__REGISTER_USER_REQUEST__INIT;
   req.request_id = rid;
-  req.user_id = pv->f->user_id;
+  req.user_id = index == 0 ? pv->f->user_id : pv->f->recipient_id;
   req.display_name = (char *)"vkey-bench";
   out->path = "/vkey.v1.RegistryService/RegisterUser";
   set_auth(out, pv->f->operator_auth, pv->f->operator_auth_len);
@@ -396,10 +397,13 @@ static int make_keys(prov_t *pv, char *err, size_t errlen) {
   OPENSSL_cleanse(seed, sizeof(seed));
   int64_t now = time(NULL);
   snprintf(f->user_id, sizeof(f->user_id), "vkb%u-owner", p->seed);
+  snprintf(f->recipient_id, sizeof(f->recipient_id), "vkb%u-recipient",
+           p->seed);
   char tok[480];
   size_t len;
   memcpy(f->operator_auth, "Bearer ", 7);
   memcpy(f->user_auth, "Bearer ", 7);
+  memcpy(f->recipient_auth, "Bearer ", 7);
   rv = vk_bench_token_mint(tok, sizeof(tok), &len, &issuer, "vkey-bench",
                            VK_BENCH_ROLE_OPERATOR, now, kTokenLifetimeS);
   if (rv == VK_OK) {
@@ -411,12 +415,20 @@ static int make_keys(prov_t *pv, char *err, size_t errlen) {
   if (rv == VK_OK) {
     memcpy(f->user_auth + 7, tok, len + 1);
     f->user_auth_len = 7 + len;
+    rv = vk_bench_token_mint(tok, sizeof(tok), &len, &issuer, f->recipient_id,
+                             VK_BENCH_ROLE_USER, now, kTokenLifetimeS);
+  }
+  if (rv == VK_OK) {
+    memcpy(f->recipient_auth + 7, tok, len + 1);
+    f->recipient_auth_len = 7 + len;
   }
   OPENSSL_cleanse(&issuer, sizeof(issuer));
   if (rv != VK_OK) {
     snprintf(err, errlen, "cannot mint tokens: %s", vk_strerror(rv));
     return rv;
   }
+  vk_bench_derive(seed, "recipient-phone", p->seed, 0);
+  vk_bench_ed25519_from_seed(&f->recipient_phone, seed);
   for (uint32_t i = 0; i < f->n; i++) {
     vk_bench_vehicle_t *v = &f->vehicles[i];
     vk_bench_vin(v->vin, p->seed, i);
@@ -468,8 +480,8 @@ int vk_bench_provision(vk_bench_fleet_t *fleet, char *err, size_t errlen,
   memcpy(fleet->run_id, pv.run_id, sizeof(fleet->run_id));
   rv = make_keys(&pv, err, errlen);
   if (rv == VK_OK) {
-    rv = run_step(&pv, "RegisterUser", 1, make_user, done_exists_ok, err,
-                  errlen);
+    rv = run_step(&pv, "RegisterUser", p->recipient ? 2 : 1, make_user,
+                  done_exists_ok, err, errlen);
   }
   if (rv == VK_OK) {
     rv = run_step(&pv, "RegisterVehicle", p->vehicles, make_vehicle,

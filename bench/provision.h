@@ -1,8 +1,9 @@
 // provision.h: makes the fleet a scenario needs through vkeyd's public API
 // only (RegistryService, KeyService, VerifyService), never by writing
-// Redis: a user, N vehicles each with its own Ed25519 key, the user as
-// their owner, an owner key per vehicle held by a phone key, and, as
-// needed, fresh keys (verify-cold) and a session per vehicle (check).
+// Redis: a user (and for share, the user they share with), N vehicles each with
+// its own Ed25519 key, the user as their owner, an owner key per vehicle held
+// by a phone key, and, as needed, fresh keys (verify-cold) and a session per
+// vehicle (check).
 //
 // Credentials: operator and user bearer tokens are minted with vkeyd's
 // development identity issuer key, read from <data-dir>/identity-issuer.key.
@@ -30,6 +31,7 @@ typedef struct vk_bench_provision_s {
   int phone_alg;       // VK_BENCH_ALG_* of the owner keys
   int owner_keys;      // apply an owner key per vehicle
   int sessions;        // open a session per vehicle
+  int recipient;       // register the user the owner shares with (share)
   uint32_t cold_keys;  // extra keys made for this run only (verify-cold)
   int quiet;           // no progress on stderr
 } vk_bench_provision_t;

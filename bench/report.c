@@ -9,12 +9,37 @@
 
 int vk_bench_result_init(vk_bench_result_t *r) {
   memset(r, 0, sizeof(*r));
-  return vk_hist_init(&r->latency, VK_HIST_LATENCY_HIGHEST,
+  int rv = vk_hist_init(&r->latency, VK_HIST_LATENCY_HIGHEST,
+                        VK_HIST_LATENCY_SUB_BITS);
+  for (size_t i = 0; rv == VK_OK && i < VK_BENCH_MAX_STEPS; i++) {
+    rv = vk_hist_init(&r->step_latency[i], VK_HIST_LATENCY_HIGHEST,
                       VK_HIST_LATENCY_SUB_BITS);
+  }
+  if (rv != VK_OK) {
+    vk_bench_result_cleanup(r);
+  }
+  return rv;
 }
 
 void vk_bench_result_cleanup(vk_bench_result_t *r) {
   vk_hist_cleanup(&r->latency);
+  for (size_t i = 0; i < VK_BENCH_MAX_STEPS; i++) {
+    vk_hist_cleanup(&r->step_latency[i]);
+  }
+}
+
+void vk_bench_result_step(vk_bench_result_t *r, uint32_t step, const char *path,
+                          uint64_t latency_us) {
+  if (step >= VK_BENCH_MAX_STEPS) {
+    return;
+  }
+  if (r->step_path[step] == NULL) {
+    r->step_path[step] = path;
+  }
+  if (step + 1 > r->n_steps) {
+    r->n_steps = step + 1;
+  }
+  vk_hist_record(&r->step_latency[step], latency_us);
 }
 
 void vk_bench_result_bad(vk_bench_result_t *r, const char *why) {
@@ -82,7 +107,8 @@ void vk_bench_report_text(FILE *out, const vk_bench_config_t *cfg,
           (unsigned long long)r->ok,
           (unsigned long long)vk_bench_result_failed(r),
           (unsigned long long)r->unfinished);
-  fprintf(out, "throughput   %.1f req/s\n", per_second(r->ok, r->elapsed_s));
+  fprintf(out, "throughput   %.1f %s/s\n", per_second(r->ok, r->elapsed_s),
+          r->n_steps > 0 ? "operations" : "req");
   fprintf(out,
           "latency us   p50 %llu  p90 %llu  p99 %llu  p99.9 %llu  max %llu"
           "  (mean %.1f, min %llu)\n",
@@ -92,6 +118,23 @@ void vk_bench_report_text(FILE *out, const vk_bench_config_t *cfg,
           (unsigned long long)vk_hist_percentile(h, 99.9),
           (unsigned long long)vk_hist_percentile(h, 100), vk_hist_mean(h),
           (unsigned long long)(h->total > 0 ? h->min : 0));
+  if (r->n_steps > 0) {
+    fprintf(out,
+            "operation    %u calls each; requests, throughput, latency, "
+            "errors and CPU per request count operations\n",
+            r->n_steps);
+  }
+  for (uint32_t i = 0; i < r->n_steps; i++) {
+    const vk_hist_t *s = &r->step_latency[i];
+    fprintf(out,
+            "step %u       %s: %llu ok, latency us p50 %llu  p99 %llu  "
+            "max %llu\n",
+            i + 1, r->step_path[i] != NULL ? r->step_path[i] : "?",
+            (unsigned long long)s->total,
+            (unsigned long long)vk_hist_percentile(s, 50),
+            (unsigned long long)vk_hist_percentile(s, 99),
+            (unsigned long long)vk_hist_percentile(s, 100));
+  }
   fprintf(out, "errors       HTTP %llu, bad responses %llu, gRPC",
           (unsigned long long)r->http_errors,
           (unsigned long long)r->bad_responses);
@@ -215,6 +258,26 @@ void vk_bench_report_json(FILE *out, const vk_bench_config_t *cfg,
           (unsigned long long)vk_hist_percentile(h, 100),
           (unsigned long long)(h->total > 0 ? h->min : 0), vk_hist_mean(h),
           (unsigned long long)h->clamped);
+  if (r->n_steps > 0) {
+    fprintf(out, ",\"steps\":[");
+    for (uint32_t i = 0; i < r->n_steps; i++) {
+      const vk_hist_t *s = &r->step_latency[i];
+      fprintf(out, "%s{\"path\":", i > 0 ? "," : "");
+      json_string(out, r->step_path[i] != NULL ? r->step_path[i] : "");
+      fprintf(out,
+              ",\"ok\":%llu,\"latency_us\":{\"p50\":%llu,\"p90\":%llu,"
+              "\"p99\":%llu,\"p999\":%llu,\"max\":%llu}}",
+              (unsigned long long)s->total,
+              (unsigned long long)vk_hist_percentile(s, 50),
+              (unsigned long long)vk_hist_percentile(s, 90),
+              (unsigned long long)vk_hist_percentile(s, 99),
+              (unsigned long long)vk_hist_percentile(s, 99.9),
+              (unsigned long long)vk_hist_percentile(s, 100));
+    }
+    fprintf(out, "]");
+  } else {
+    fprintf(out, ",\"steps\":null");
+  }
   fprintf(out, ",\"errors\":{\"http\":%llu,\"bad_response\":%llu,\"grpc\":{",
           (unsigned long long)r->http_errors,
           (unsigned long long)r->bad_responses);

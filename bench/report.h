@@ -15,6 +15,7 @@ extern "C" {
 
 #define VK_BENCH_NGRPC_CODES 17  // OK .. UNAUTHENTICATED
 #define VK_BENCH_MAX_REASONS 24
+#define VK_BENCH_MAX_STEPS 4  // calls in one operation (share: 2)
 
 // Refusals by reason (the scenario check's `why`, e.g. a deny reason).
 typedef struct vk_bench_reason_s {
@@ -22,6 +23,9 @@ typedef struct vk_bench_reason_s {
   uint64_t n;
 } vk_bench_reason_t;
 
+// The results count operations: one call each, or for a scenario of
+// several calls per operation (share) the whole sequence, which succeeds
+// when every call does and fails with the first failure.
 typedef struct vk_bench_result_s {
   double elapsed_s;  // length of the measured window
   uint64_t ok;       // grpc-status 0 and the response passed the check
@@ -40,8 +44,14 @@ typedef struct vk_bench_result_s {
   uint64_t max_backlog;        // open loop: most requests due but not yet sent
   char first_error[160];       // the first failure, for the reader
   vk_hist_t latency;           // microseconds, successful calls only
-  double client_cpu_s;         // this process, over the window
-  double machine_busy_cores;   // every process, over the window
+  // Operations of several calls: each step's latency (from the step's own
+  // submission; the first step's from the operation's start) and method,
+  // successful steps inside the window only. n_steps is 0 otherwise.
+  uint32_t n_steps;
+  const char *step_path[VK_BENCH_MAX_STEPS];  // static
+  vk_hist_t step_latency[VK_BENCH_MAX_STEPS];
+  double client_cpu_s;        // this process, over the window
+  double machine_busy_cores;  // every process, over the window
   int ncpu;
   uint32_t server_max_streams;  // SETTINGS_MAX_CONCURRENT_STREAMS seen
   int has_server;               // --server-pid was given
@@ -77,6 +87,12 @@ void vk_bench_result_cleanup(vk_bench_result_t *r);
 // vk_bench_result_bad records a response the check refused, by `why`
 // (compared by address first: the reasons are static strings).
 void vk_bench_result_bad(vk_bench_result_t *r, const char *why);
+
+// vk_bench_result_step records the latency of a successful step `step`
+// (0-based; steps past VK_BENCH_MAX_STEPS are ignored) of an operation,
+// a call to `path` (static).
+void vk_bench_result_step(vk_bench_result_t *r, uint32_t step, const char *path,
+                          uint64_t latency_us);
 
 // vk_bench_result_failed returns every failed call: gRPC, HTTP and checks.
 uint64_t vk_bench_result_failed(const vk_bench_result_t *r);

@@ -39,6 +39,7 @@ typedef enum {
   VK_BENCH_WORK_CONNECT,      // OpenChannel per vehicle (assertions)
   VK_BENCH_WORK_APPLY,        // ApplyKey by the owner: a new key each
   VK_BENCH_WORK_MIXED,        // verify, check and apply (workload.h)
+  VK_BENCH_WORK_SHARE,        // Authorize, then Redeem (two calls an op)
 } vk_bench_work_t;
 
 // vk_bench_buf_t is a growable byte buffer capped at VK_BENCH_MAX_MESSAGE.
@@ -119,6 +120,20 @@ typedef struct vk_bench_req_s {
   vk_bench_hdr_t hdr;  // name NULL: none
 } vk_bench_req_t;
 
+// vk_bench_next_fn continues an operation of several calls (share:
+// Authorize, then Redeem the code set it returned). The event loop calls it
+// with the response message `msg` of a successful call to `path`; it
+// writes the framed body of the operation's next call into `out`
+// (replacing its contents) and that call's method and own metadata into
+// `*out_req` (body pointing into `out`; the metadata must outlive the
+// call). No signing here: it runs on the loop. Returns 0; VK_ENOTFOUND
+// when the operation is complete; VK_EPROTO with a static `*out_why` when
+// the response allows no next call; VK_ETOOBIG or VK_ENOMEM.
+typedef int (*vk_bench_next_fn)(void *ctx, vk_bench_buf_t *out,
+                                vk_bench_req_t *out_req, const char **out_why,
+                                const char *path, const uint8_t *msg,
+                                size_t len);
+
 // vk_bench_pool_t holds every request of a scenario, built before the run.
 typedef struct vk_bench_pool_s {
   vk_bench_req_t *reqs;
@@ -152,6 +167,12 @@ void vk_bench_grpc_frame(uint8_t prefix[5], size_t len);
 int vk_bench_check_verify(const char **out_why, const uint8_t *msg, size_t len);
 int vk_bench_check_status(const char **out_why, const uint8_t *msg, size_t len);
 int vk_bench_check_apply(const char **out_why, const uint8_t *msg, size_t len);
+// Authorize: a printable code set ("vkc1.") and an outstanding grant.
+int vk_bench_check_authorize(const char **out_why, const uint8_t *msg,
+                             size_t len);
+// Redeem: at least one key, every one ACTIVE and signed; the grant
+// redeemed. A redeem that gives no keys is refused.
+int vk_bench_check_redeem(const char **out_why, const uint8_t *msg, size_t len);
 
 // vk_bench_grpc_status_name returns the canonical name of gRPC status code
 // `code` ("OK", "CANCELLED", ... "UNAUTHENTICATED"), or "UNKNOWN_CODE".

@@ -172,9 +172,13 @@ vk_bench_ring_t *vk_bench_signer_ring(vk_bench_signer_t *s) {
 }
 
 void vk_bench_signer_stats(vk_bench_signer_t *s, vk_bench_signer_stats_t *out) {
-  out->made = atomic_load(&s->made);
+  // `finished` and `error` first: the thread counts every request before
+  // it sets them, so a caller that sees the thread done also sees all it
+  // made (read the other way round, a finish between the loads could
+  // report fewer).
   out->error = atomic_load(&s->error);
   out->finished = atomic_load(&s->finished);
+  out->made = atomic_load(&s->made);
   uint64_t ns = 0;
   struct timespec ts;
   if (!atomic_load(&s->exited) && s->has_clock &&

@@ -14,6 +14,7 @@
 #include <openssl/sha.h>
 
 #include "common.h"
+#include "vkey/v1/authorization.pb-c.h"
 #include "vkey/v1/common.pb-c.h"
 #include "vkey/v1/keys.pb-c.h"
 #include "vkey/v1/vehicle.pb-c.h"
@@ -61,6 +62,27 @@ static int pack_into(vk_bench_buf_t *out, const ProtobufCMessage *m) {
     out->cap = len > 0 ? len : 1;
   }
   out->len = protobuf_c_message_pack(m, out->data);
+  return VK_OK;
+}
+
+// pack_framed writes `m` with its 5-byte gRPC prefix into `out`
+// (replacing its contents): a body ready to send.
+static int pack_framed(vk_bench_buf_t *out, const ProtobufCMessage *m) {
+  size_t len = protobuf_c_message_get_packed_size(m);
+  out->len = 0;
+  if (len > VK_BENCH_MAX_MESSAGE - 5) {
+    return VK_ETOOBIG;
+  }
+  if (out->data == NULL || out->cap < len + 5) {
+    uint8_t *p = realloc(out->data, len + 5);
+    if (p == NULL) {
+      return VK_ENOMEM;
+    }
+    out->data = p;
+    out->cap = len + 5;
+  }
+  vk_bench_grpc_frame(out->data, len);
+  out->len = 5 + protobuf_c_message_pack(m, out->data + 5);
   return VK_OK;
 }
 
@@ -114,6 +136,70 @@ int vk_bench_build_check(vk_bench_buf_t *out, char *hdr, size_t hdr_cap,
   }
   *out_hdr_len = vk_bench_b64(hdr, hdr_cap, auth, auth_len, 0);
   return *out_hdr_len > 0 ? VK_OK : VK_ETOOBIG;
+}
+
+int vk_bench_build_authorize(vk_bench_buf_t *out, const char *request_id,
+                             const char *vin, const char *recipient,
+                             int64_t now_s) {
+  Vkey__V1__VehicleFunction fn =
+      VKEY__V1__VEHICLE_FUNCTION__VEHICLE_FUNCTION_UNLOCK;
+  Vkey__V1__Validity validity = VKEY__V1__VALIDITY__INIT;
+  validity.not_after = now_s + VK_BENCH_SHARE_VALIDITY_S;
+  Vkey__V1__AuthorizeRequest req = VKEY__V1__AUTHORIZE_REQUEST__INIT;
+  req.request_id = (char *)request_id;
+  req.vin = (char *)vin;
+  req.n_functions = 1;
+  req.functions = &fn;
+  req.key_type = VKEY__V1__KEY_TYPE__KEY_TYPE_SHARED;
+  req.validity = &validity;
+  req.recipient_user_id = (char *)recipient;
+  req.code_set_ttl_seconds = VK_BENCH_SHARE_TTL_S;
+  return pack_into(out, &req.base);
+}
+
+int vk_bench_build_redeem(vk_bench_buf_t *out, const char **out_why,
+                          const uint8_t *resp, size_t resp_len, uint32_t seed,
+                          const uint8_t holder_pub[32]) {
+  Vkey__V1__AuthorizeResponse *ar =
+      vkey__v1__authorize_response__unpack(NULL, resp_len, resp);
+  // A grant id is "<VIN>.<16 hex>": anything much longer is not one, and
+  // would not fit the service's 64-character request ids.
+  if (ar == NULL || ar->grant == NULL || ar->grant->grant_id[0] == '\0' ||
+      strlen(ar->grant->grant_id) > 48 || ar->code_set[0] == '\0') {
+    *out_why = "AuthorizeResponse has no code set or grant id";
+    vkey__v1__authorize_response__free_unpacked(ar, NULL);
+    return VK_EPROTO;
+  }
+  char rid[64];
+  snprintf(rid, sizeof(rid), "vkb%u-r-%s", seed, ar->grant->grant_id);
+  Vkey__V1__RedeemRequest req = VKEY__V1__REDEEM_REQUEST__INIT;
+  req.request_id = rid;
+  req.code_set = ar->code_set;
+  req.holder_key_algorithm = VKEY__V1__KEY_ALGORITHM__KEY_ALGORITHM_ED25519;
+  req.holder_public_key = (ProtobufCBinaryData){32, (uint8_t *)holder_pub};
+  int rv = pack_framed(out, &req.base);
+  vkey__v1__authorize_response__free_unpacked(ar, NULL);
+  return rv;
+}
+
+int vk_bench_share_next(void *ctx, vk_bench_buf_t *out, vk_bench_req_t *out_req,
+                        const char **out_why, const char *path,
+                        const uint8_t *msg, size_t len) {
+  const vk_bench_fleet_t *f = ctx;
+  if (strcmp(path, VK_BENCH_PATH_AUTHORIZE) != 0) {
+    return VK_ENOTFOUND;  // the Redeem ends the operation
+  }
+  int rv = vk_bench_build_redeem(out, out_why, msg, len, f->seed,
+                                 f->recipient_phone.pub);
+  if (rv != VK_OK) {
+    return rv;
+  }
+  out_req->path = VK_BENCH_PATH_REDEEM;
+  out_req->body = out->data;
+  out_req->body_len = out->len;
+  out_req->hdr = (vk_bench_hdr_t){"authorization", f->recipient_auth,
+                                  f->recipient_auth_len};
+  return VK_OK;
 }
 
 int vk_bench_slot_set(vk_bench_slot_t *slot, const char *path,
@@ -264,6 +350,27 @@ static int make_apply(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot) {
   return rv;
 }
 
+// make_share: the owner authorizes the vehicle's recipient; the loop sends
+// the Redeem when the answer comes (vk_bench_share_next).
+static int make_share(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot) {
+  vk_bench_fleet_t *f = w->fleet;
+  int64_t i = next_index(w, f->n, 1);
+  if (i < 0) {
+    return VK_EINVAL;
+  }
+  char rid[64];
+  snprintf(rid, sizeof(rid), "vkb%u-s-%s-%u-%llu", f->seed, f->run_id, w->first,
+           (unsigned long long)w->made);
+  int rv = vk_bench_build_authorize(&w->buf, rid, f->vehicles[i].vin,
+                                    f->recipient_id, wall_ms() / 1000);
+  if (rv == VK_OK) {
+    rv = vk_bench_slot_set(slot, VK_BENCH_PATH_AUTHORIZE, w->buf.data,
+                           w->buf.len, "authorization", f->user_auth,
+                           f->user_auth_len);
+  }
+  return rv;
+}
+
 // make_mixed deals VK_BENCH_MIX_* requests of each kind per 100, spread
 // evenly (i * 37 mod 100 visits every residue).
 static int make_mixed(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot) {
@@ -322,6 +429,9 @@ int vk_bench_work_make(void *ctx, vk_bench_slot_t *slot) {
       break;
     case VK_BENCH_WORK_MIXED:
       rv = make_mixed(w, slot);
+      break;
+    case VK_BENCH_WORK_SHARE:
+      rv = make_share(w, slot);
       break;
     case VK_BENCH_WORK_CHECK:
       rv = make_check(w, slot);

@@ -25,6 +25,16 @@ extern "C" {
 #define VK_BENCH_PATH_OPEN_SESSION "/vkey.v1.VerifyService/OpenSession"
 #define VK_BENCH_PATH_OPEN_CHANNEL "/vkey.v1.VehicleService/OpenChannel"
 #define VK_BENCH_PATH_APPLY "/vkey.v1.KeyService/ApplyKey"
+#define VK_BENCH_PATH_AUTHORIZE "/vkey.v1.AuthorizationService/Authorize"
+#define VK_BENCH_PATH_REDEEM "/vkey.v1.AuthorizationService/Redeem"
+
+// The share scenario: the owner grants UNLOCK as a SHARED key, valid for a
+// day, to one named recipient, who must redeem the code set within
+// VK_BENCH_SHARE_TTL_S. One function: the service signs the code set and
+// one key, and verifies the code set once (2 signatures, 1 verification
+// per operation).
+#define VK_BENCH_SHARE_VALIDITY_S (24 * 3600)
+#define VK_BENCH_SHARE_TTL_S 600
 
 // The mix of the `mixed` scenario, in requests per 100: verifications
 // dominate (every unlock), session status checks are periodic, new keys
@@ -73,6 +83,12 @@ typedef struct vk_bench_fleet_s {
   size_t operator_auth_len;
   char user_auth[512];
   size_t user_auth_len;
+  // share: the user the owner shares with, their token ("Bearer ...") and
+  // their phone's key (the holder of the redeemed keys).
+  char recipient_id[64];
+  char recipient_auth[512];
+  size_t recipient_auth_len;
+  vk_bench_ed25519_t recipient_phone;
   uint8_t signing_pub[32];  // the service's key-signing key
   char run_id[17];          // random, names what this run creates
 } vk_bench_fleet_t;
@@ -98,6 +114,31 @@ int vk_bench_build_check(vk_bench_buf_t *out, char *hdr, size_t hdr_cap,
                          const char *key_id, uint64_t counter,
                          int64_t expires_at_ms);
 
+// vk_bench_build_authorize writes an AuthorizeRequest: the owner grants
+// VEHICLE_FUNCTION_UNLOCK on `vin` as a SHARED key to `recipient`, valid
+// until `now_s` + VK_BENCH_SHARE_VALIDITY_S, the code set redeemable for
+// VK_BENCH_SHARE_TTL_S. Returns 0 or VK_ETOOBIG / VK_ENOMEM.
+int vk_bench_build_authorize(vk_bench_buf_t *out, const char *request_id,
+                             const char *vin, const char *recipient,
+                             int64_t now_s);
+
+// vk_bench_build_redeem writes the framed RedeemRequest (5-byte gRPC prefix
+// and message) that redeems the code set of AuthorizeResponse `resp` for
+// a phone holding Ed25519 key `holder_pub`, with request id
+// "vkb<seed>-r-<grant id>" (one per grant: a retry is idempotent). Returns
+// 0; VK_EPROTO with a static `*out_why` when the response has no code set
+// or grant id; VK_ETOOBIG or VK_ENOMEM.
+int vk_bench_build_redeem(vk_bench_buf_t *out, const char **out_why,
+                          const uint8_t *resp, size_t resp_len, uint32_t seed,
+                          const uint8_t holder_pub[32]);
+
+// vk_bench_share_next is the vk_bench_next_fn of share; `ctx` is the fleet
+// (read only). After Authorize: the recipient's Redeem of the code set,
+// with the recipient's token. After Redeem: VK_ENOTFOUND (done).
+int vk_bench_share_next(void *ctx, vk_bench_buf_t *out, vk_bench_req_t *out_req,
+                        const char **out_why, const char *path,
+                        const uint8_t *msg, size_t len);
+
 // One signer thread's share of the work: vehicles (or verify-cold keys)
 // first, first + stride, ... and its scratch space. The thread owns the
 // session counters of its vehicles.
@@ -114,9 +155,10 @@ typedef struct vk_bench_work_ctx_s {
 
 // vk_bench_work_make is a vk_bench_make_fn for every signed workload. For
 // CONNECT it builds one OpenChannel per vehicle of the share, then returns
-// VK_ENOTFOUND. APPLY requests carry the owner's token, MIXED ones each
-// their own credential (operator token, session, owner token); the others
-// rely on the source's common metadata (verify*: the operator's token).
+// VK_ENOTFOUND. APPLY and SHARE (the Authorize) requests carry the owner's
+// token, MIXED ones each their own credential (operator token, session, owner
+// token); the others rely on the source's common metadata (verify*: the
+// operator's token).
 int vk_bench_work_make(void *ctx, vk_bench_slot_t *slot);
 
 // vk_bench_work_ctx_cleanup frees the scratch space.

@@ -12,7 +12,7 @@ PACKAGES="
   libgtest-dev libgmock-dev
   grpc-proto python3-grpcio python3-protobuf protobuf-compiler-grpc ruby-grpc
   python3-cryptography
-  nghttp2-client nghttp2-server
+  nghttp2-client nghttp2-server gnuplot-nox
   qrencode
 "
 

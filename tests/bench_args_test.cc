@@ -118,6 +118,25 @@ TEST(BenchArgs, DumpRequestNeedsNoTarget) {
   EXPECT_STREQ("health", p.cfg.scenario->name);
 }
 
+TEST(BenchArgs, IssuersIsAFixedRequestForH2load) {
+  Parsed p = Parse({"-s", "issuers", "--dump-request", "/tmp/iss.bin"});
+  ASSERT_EQ(VK_OK, p.rv) << p.err;
+  EXPECT_STREQ("issuers", p.cfg.scenario->name);
+  EXPECT_EQ(VK_BENCH_WORK_POOL, p.cfg.scenario->workload);
+  p = Parse({"-s", "issuers", "-c", "8", "-m", "32", "h:1"});
+  ASSERT_EQ(VK_OK, p.rv) << p.err;  // no --data-dir: no credential
+}
+
+TEST(BenchArgs, ShareIsASignedScenario) {
+  Parsed p = Parse({"-s", "share", "--data-dir", "/d", "--rate", "500", "h:1"});
+  ASSERT_EQ(VK_OK, p.rv) << p.err;
+  EXPECT_EQ(VK_BENCH_WORK_SHARE, p.cfg.scenario->workload);
+  EXPECT_EQ(VK_BENCH_KIND_RPC, p.cfg.scenario->kind);
+  EXPECT_EQ(500.0, p.cfg.rate);
+  EXPECT_EQ(8u, p.cfg.connections);
+  EXPECT_EQ(32u, p.cfg.streams);
+}
+
 TEST(BenchArgs, HelpWinsOverEverythingElse) {
   Parsed p = Parse({"--help"});
   ASSERT_EQ(VK_OK, p.rv) << p.err;
@@ -186,7 +205,9 @@ INSTANTIATE_TEST_SUITE_P(
             "signs each request afresh"},
         Bad{{"-s", "apply", "h:1"}, "needs --data-dir"},
         Bad{{"-s", "mixed", "h:1"}, "needs --data-dir"},
-        Bad{{"-s", "share", "h:1"}, "not yet available"},
+        Bad{{"-s", "share", "h:1"}, "'share' needs --data-dir"},
+        Bad{{"-s", "share", "--data-dir", "d", "--dump-request", "f"},
+            "signs each request afresh"},
         Bad{{"--vehicles", "0", "h:1"}, "--vehicles must be 1..1000000"},
         Bad{{"--signers", "17", "h:1"}, "--signers must be 1..16"},
         Bad{{"--ring", "8", "h:1"}, "--ring must be"},

@@ -40,6 +40,7 @@ extern "C" {
 #include "creds.h"
 #include "scenario.h"
 #include "signer.h"
+#include "vkey/v1/authorization.pb-c.h"
 #include "vkey/v1/identity.pb-c.h"
 #include "vkey/v1/keys.pb-c.h"
 #include "vkey/v1/vehicle.pb-c.h"
@@ -362,6 +363,12 @@ struct Fleet {
         snprintf(f.operator_auth, sizeof(f.operator_auth), "Bearer op"));
     f.user_auth_len = static_cast<size_t>(
         snprintf(f.user_auth, sizeof(f.user_auth), "Bearer user"));
+    snprintf(f.recipient_id, sizeof(f.recipient_id), "friend");
+    f.recipient_auth_len = static_cast<size_t>(
+        snprintf(f.recipient_auth, sizeof(f.recipient_auth), "Bearer friend"));
+    uint8_t rseed[32];
+    vk_bench_derive(rseed, "recipient-phone", 3, 0);
+    vk_bench_ed25519_from_seed(&f.recipient_phone, rseed);
     f.vehicles =
         static_cast<vk_bench_vehicle_t *>(calloc(n, sizeof(*f.vehicles)));
     for (uint32_t i = 0; i < n; i++) {
@@ -628,6 +635,168 @@ TEST(BenchWorkload, ApplyAndTheMixCarryTheirOwnCredentials) {
   EXPECT_EQ(2 * VK_BENCH_MIX_CHECK, check);
   EXPECT_EQ(2 * VK_BENCH_MIX_APPLY, apply);
   vk_bench_work_ctx_cleanup(&m);
+}
+
+// An AuthorizeResponse as vkeyd answers one, packed.
+std::vector<uint8_t> AuthorizeResponse(const char *code_set,
+                                       const char *grant_id) {
+  Vkey__V1__Grant g = VKEY__V1__GRANT__INIT;
+  g.grant_id = const_cast<char *>(grant_id);
+  g.status = VKEY__V1__GRANT_STATUS__GRANT_STATUS_OUTSTANDING;
+  Vkey__V1__AuthorizeResponse r = VKEY__V1__AUTHORIZE_RESPONSE__INIT;
+  r.code_set = const_cast<char *>(code_set);
+  r.grant = &g;
+  std::vector<uint8_t> out(vkey__v1__authorize_response__get_packed_size(&r));
+  vkey__v1__authorize_response__pack(&r, out.data());
+  return out;
+}
+
+TEST(BenchWorkload, ShareAuthorizesTheRecipientWithTheOwnersToken) {
+  Fleet fl(2);
+  vk_bench_work_ctx_t w = {};
+  w.fleet = &fl.f;
+  w.work = VK_BENCH_WORK_SHARE;
+  w.first = 0;
+  w.stride = 1;
+  vk_bench_slot_t slot;
+  std::string last_id;
+  int64_t now = time(nullptr);
+  for (uint32_t i = 0; i < 4; i++) {
+    ASSERT_EQ(VK_OK, vk_bench_work_make(&w, &slot));
+    EXPECT_STREQ(VK_BENCH_PATH_AUTHORIZE, slot.path);
+    EXPECT_STREQ("authorization", slot.hdr_name);
+    EXPECT_EQ(
+        "Bearer user",
+        std::string(reinterpret_cast<const char *>(slot.data) + slot.body_len,
+                    slot.hdr_len));
+    const uint8_t *msg;
+    size_t len;
+    const char *why;
+    ASSERT_EQ(VK_OK, vk_bench_grpc_unframe(&msg, &len, &why, slot.data,
+                                           slot.body_len));
+    Vkey__V1__AuthorizeRequest *req =
+        vkey__v1__authorize_request__unpack(nullptr, len, msg);
+    ASSERT_NE(nullptr, req);
+    EXPECT_STREQ(fl.f.vehicles[i % 2].vin, req->vin);  // round-robin
+    ASSERT_EQ(1u, req->n_functions);
+    EXPECT_EQ(VKEY__V1__VEHICLE_FUNCTION__VEHICLE_FUNCTION_UNLOCK,
+              req->functions[0]);
+    EXPECT_EQ(VKEY__V1__KEY_TYPE__KEY_TYPE_SHARED, req->key_type);
+    EXPECT_STREQ("friend", req->recipient_user_id);
+    EXPECT_EQ(static_cast<uint32_t>(VK_BENCH_SHARE_TTL_S),
+              req->code_set_ttl_seconds);
+    ASSERT_NE(nullptr, req->validity);
+    EXPECT_GE(req->validity->not_after, now + VK_BENCH_SHARE_VALIDITY_S);
+    EXPECT_LE(req->validity->not_after, now + VK_BENCH_SHARE_VALIDITY_S + 5);
+    EXPECT_EQ(0u, req->max_uses);
+    EXPECT_LE(strlen(req->request_id), 64u);  // the service's limit
+    EXPECT_NE(last_id, req->request_id);      // a new grant each time
+    last_id = req->request_id;
+    vkey__v1__authorize_request__free_unpacked(req, nullptr);
+  }
+  vk_bench_work_ctx_cleanup(&w);
+}
+
+TEST(BenchWorkload, ShareRedeemsTheCodeSetAsTheRecipient) {
+  Fleet fl(1);
+  const char grant[] = "1HGCM82633A004352.0123456789abcdef";
+  std::vector<uint8_t> resp = AuthorizeResponse("vkc1.AAAA", grant);
+  vk_bench_buf_t out = {};
+  vk_bench_req_t req = {};
+  const char *why = nullptr;
+  ASSERT_EQ(VK_OK, vk_bench_share_next(&fl.f, &out, &req, &why,
+                                       VK_BENCH_PATH_AUTHORIZE, resp.data(),
+                                       resp.size()));
+  EXPECT_STREQ(VK_BENCH_PATH_REDEEM, req.path);
+  EXPECT_STREQ("authorization", req.hdr.name);
+  EXPECT_EQ("Bearer friend", std::string(req.hdr.value, req.hdr.value_len));
+  ASSERT_EQ(out.data, req.body);
+  ASSERT_EQ(out.len, req.body_len);
+  const uint8_t *msg;
+  size_t len;
+  ASSERT_EQ(VK_OK,
+            vk_bench_grpc_unframe(&msg, &len, &why, req.body, req.body_len));
+  Vkey__V1__RedeemRequest *r =
+      vkey__v1__redeem_request__unpack(nullptr, len, msg);
+  ASSERT_NE(nullptr, r);
+  EXPECT_EQ(std::string("vkb3-r-") + grant, r->request_id);
+  EXPECT_LE(strlen(r->request_id), 64u);
+  EXPECT_STREQ("vkc1.AAAA", r->code_set);
+  EXPECT_EQ(VKEY__V1__KEY_ALGORITHM__KEY_ALGORITHM_ED25519,
+            r->holder_key_algorithm);
+  ASSERT_EQ(32u, r->holder_public_key.len);
+  EXPECT_EQ(0, memcmp(fl.f.recipient_phone.pub, r->holder_public_key.data, 32));
+  vkey__v1__redeem_request__free_unpacked(r, nullptr);
+
+  // The Redeem ends the operation.
+  EXPECT_EQ(VK_ENOTFOUND,
+            vk_bench_share_next(&fl.f, &out, &req, &why, VK_BENCH_PATH_REDEEM,
+                                resp.data(), resp.size()));
+  // An answer without a code set or a grant gives no Redeem.
+  for (const auto &bad :
+       {AuthorizeResponse("", grant), AuthorizeResponse("vkc1.AAAA", "")}) {
+    why = nullptr;
+    EXPECT_EQ(VK_EPROTO, vk_bench_share_next(&fl.f, &out, &req, &why,
+                                             VK_BENCH_PATH_AUTHORIZE,
+                                             bad.data(), bad.size()));
+    EXPECT_NE(nullptr, why);
+  }
+  const uint8_t garbage[] = {0xff, 0xff, 0xff};
+  EXPECT_EQ(VK_EPROTO,
+            vk_bench_share_next(&fl.f, &out, &req, &why,
+                                VK_BENCH_PATH_AUTHORIZE, garbage, 3));
+  vk_bench_buf_cleanup(&out);
+}
+
+TEST(BenchWorkload, ShareResponseChecks) {
+  const char *why = nullptr;
+  std::vector<uint8_t> a = AuthorizeResponse("vkc1.AAAA", "g");
+  EXPECT_EQ(VK_OK, vk_bench_check_authorize(&why, a.data(), a.size()));
+  a = AuthorizeResponse("AAAA", "g");
+  EXPECT_EQ(VK_EPROTO, vk_bench_check_authorize(&why, a.data(), a.size()));
+  EXPECT_STREQ("AuthorizeResponse has no printable code set", why);
+  EXPECT_EQ(VK_EPROTO, vk_bench_check_authorize(&why, a.data(), 0));
+
+  uint8_t sig[64] = {0};
+  Vkey__V1__SignedKey sk = VKEY__V1__SIGNED_KEY__INIT;
+  sk.signature = {sizeof(sig), sig};
+  Vkey__V1__KeyRecord rec = VKEY__V1__KEY_RECORD__INIT;
+  rec.key = &sk;
+  rec.status = VKEY__V1__KEY_STATUS__KEY_STATUS_ACTIVE;
+  Vkey__V1__KeyRecord *recs[1] = {&rec};
+  Vkey__V1__Grant g = VKEY__V1__GRANT__INIT;
+  g.status = VKEY__V1__GRANT_STATUS__GRANT_STATUS_REDEEMED;
+  Vkey__V1__RedeemResponse rr = VKEY__V1__REDEEM_RESPONSE__INIT;
+  rr.grant = &g;
+  rr.n_keys = 1;
+  rr.keys = recs;
+  uint8_t buf[256];
+  size_t len = vkey__v1__redeem_response__pack(&rr, buf);
+  EXPECT_EQ(VK_OK, vk_bench_check_redeem(&why, buf, len));
+  rec.status = VKEY__V1__KEY_STATUS__KEY_STATUS_SUSPENDED;
+  len = vkey__v1__redeem_response__pack(&rr, buf);
+  EXPECT_EQ(VK_EPROTO, vk_bench_check_redeem(&why, buf, len));
+  EXPECT_STREQ("a redeemed key is not ACTIVE", why);
+  rec.status = VKEY__V1__KEY_STATUS__KEY_STATUS_ACTIVE;
+  rr.n_keys = 0;  // a redeem without keys is a failure
+  len = vkey__v1__redeem_response__pack(&rr, buf);
+  EXPECT_EQ(VK_EPROTO, vk_bench_check_redeem(&why, buf, len));
+  EXPECT_STREQ("the redeem gave no keys", why);
+  rr.n_keys = 1;
+  g.status = VKEY__V1__GRANT_STATUS__GRANT_STATUS_OUTSTANDING;
+  len = vkey__v1__redeem_response__pack(&rr, buf);
+  EXPECT_EQ(VK_EPROTO, vk_bench_check_redeem(&why, buf, len));
+  EXPECT_STREQ("the grant is not REDEEMED", why);
+
+  // The share scenario judges each call by its method.
+  const vk_bench_scenario_t *sc = vk_bench_scenario_find("share");
+  ASSERT_NE(nullptr, sc);
+  ASSERT_TRUE(sc->available);
+  a = AuthorizeResponse("vkc1.AAAA", "g");
+  EXPECT_EQ(VK_OK,
+            sc->check(&why, VK_BENCH_PATH_AUTHORIZE, a.data(), a.size()));
+  EXPECT_EQ(VK_EPROTO,
+            sc->check(&why, VK_BENCH_PATH_REDEEM, a.data(), a.size()));
 }
 
 TEST(BenchWorkload, ResponseChecks) {

@@ -15,6 +15,7 @@ extern "C" {
 #include "procstat.h"
 #include "report.h"
 #include "scenario.h"
+#include "vkey/v1/keys.pb-c.h"
 }
 
 namespace {
@@ -43,6 +44,42 @@ TEST(BenchScenario, HealthRequestBytes) {
             Body(pool.reqs[0]));
   vk_bench_pool_cleanup(&pool);
   vk_bench_pool_cleanup(&pool);  // cleanup twice is safe
+}
+
+TEST(BenchScenario, IssuersRequestBytesAndCheck) {
+  const vk_bench_scenario_t *sc = vk_bench_scenario_find("issuers");
+  ASSERT_NE(nullptr, sc);
+  ASSERT_TRUE(sc->available);
+  vk_bench_params_t params = {""};
+  vk_bench_pool_t pool;
+  ASSERT_EQ(VK_OK, vk_bench_pool_build(&pool, sc, &params));
+  ASSERT_EQ(1u, pool.n);
+  EXPECT_STREQ("/vkey.v1.KeyService/GetIssuerKeys", pool.reqs[0].path);
+  // An empty GetIssuerKeysRequest: the prefix alone, as h2load replays it.
+  EXPECT_EQ((std::vector<uint8_t>{0, 0, 0, 0, 0}), Body(pool.reqs[0]));
+  vk_bench_pool_cleanup(&pool);
+
+  const char *why = nullptr;
+  const char *path = "/vkey.v1.KeyService/GetIssuerKeys";
+  uint8_t pub[32] = {1};
+  Vkey__V1__IssuerKey k = VKEY__V1__ISSUER_KEY__INIT;
+  k.key_id = const_cast<char *>("0123456789abcdef");
+  k.public_key = {sizeof(pub), pub};
+  Vkey__V1__IssuerKey *keys[1] = {&k};
+  Vkey__V1__GetIssuerKeysResponse resp =
+      VKEY__V1__GET_ISSUER_KEYS_RESPONSE__INIT;
+  resp.n_keys = 1;
+  resp.keys = keys;
+  uint8_t buf[128];
+  size_t len = vkey__v1__get_issuer_keys_response__pack(&resp, buf);
+  EXPECT_EQ(VK_OK, sc->check(&why, path, buf, len));
+  k.public_key.len = 31;
+  len = vkey__v1__get_issuer_keys_response__pack(&resp, buf);
+  EXPECT_EQ(VK_EPROTO, sc->check(&why, path, buf, len));
+  resp.n_keys = 0;
+  len = vkey__v1__get_issuer_keys_response__pack(&resp, buf);
+  EXPECT_EQ(VK_EPROTO, sc->check(&why, path, buf, len));
+  EXPECT_STREQ("GetIssuerKeysResponse does not parse or has no key", why);
 }
 
 TEST(BenchScenario, HealthCheckAcceptsOnlyServing) {
@@ -213,8 +250,44 @@ TEST(BenchReport, JsonHasEveryFigureAndEscapesServerText) {
         "\"pid\":77", "say \\\"hi\\\"\\u000a\\u0001"}) {
     EXPECT_NE(std::string::npos, json.find(part)) << part << " in " << json;
   }
+  EXPECT_NE(std::string::npos, json.find("\"steps\":null")) << json;
   EXPECT_EQ('\n', json.back());
   EXPECT_EQ(json.size() - 1, json.find('\n')) << "one line";
+  vk_bench_result_cleanup(&r);
+}
+
+TEST(BenchReport, OperationsOfSeveralCallsReportEachStep) {
+  vk_bench_config_t cfg = {};
+  snprintf(cfg.authority, sizeof(cfg.authority), "127.0.0.1:1");
+  cfg.scenario = vk_bench_scenario_find("share");
+  vk_bench_result_t r;
+  ASSERT_EQ(VK_OK, vk_bench_result_init(&r));
+  r.elapsed_s = 1;
+  r.ok = 3;
+  for (uint64_t v : {10, 20, 30}) {
+    vk_hist_record(&r.latency, 2 * v);
+    vk_bench_result_step(&r, 0, "/a.A/First", v);
+    vk_bench_result_step(&r, 1, "/a.A/Second", v);
+  }
+  vk_bench_result_step(&r, 0, "/other", 5);  // the first path names a step
+  vk_bench_result_step(&r, VK_BENCH_MAX_STEPS, "/x", 1);  // ignored
+  EXPECT_EQ(2u, r.n_steps);
+  EXPECT_EQ(4u, r.step_latency[0].total);
+  char *text = nullptr;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  ASSERT_NE(nullptr, f);
+  vk_bench_report_json(f, &cfg, &r);
+  vk_bench_report_text(f, &cfg, &r);
+  fclose(f);
+  std::string out(text, len);
+  free(text);
+  for (const char *part :
+       {"\"steps\":[{\"path\":\"/a.A/First\",\"ok\":4,",
+        "{\"path\":\"/a.A/Second\",\"ok\":3,\"latency_us\":{\"p50\":20,",
+        "3.0 operations/s", "2 calls each"}) {
+    EXPECT_NE(std::string::npos, out.find(part)) << part << " in " << out;
+  }
   vk_bench_result_cleanup(&r);
 }
 
