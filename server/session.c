@@ -422,7 +422,8 @@ typedef struct {
   // The lease when the session left our cache while we asked for one: good
   // for this request alone.
   vk_counter_lease_t lone;
-  bool leased;  // Redis granted a lease for this request already
+  bool leased;   // Redis granted a lease for this request already
+  bool confirm;  // cached session, but Redis must confirm it is current
   char redis_key[VK_REDIS_KEY_MAX];  // set before the first Redis command
 } auth_ctx_t;
 
@@ -484,6 +485,7 @@ static void add_resync_trailer(auth_ctx_t *a) {
 }
 
 static void take_counter(auth_ctx_t *a);
+static void read_session(auth_ctx_t *a);
 
 static void lease_granted(vk_redis_t *r, int status, const redisReply *reply,
                           void *priv) {
@@ -542,6 +544,10 @@ static void ask_lease(auth_ctx_t *a) {
 static void take_counter(auth_ctx_t *a) {
   switch (vk_counter_take(lease_of(a), a->auth->counter)) {
     case VK_COUNTER_OK:
+      if (a->confirm) {
+        read_session(a);
+        return;
+      }
       auth_end(a, VK_GRPC_OK, NULL);
       return;
     case VK_COUNTER_REPLAYED:
@@ -654,7 +660,20 @@ static void session_loaded(vk_redis_t *r, int status, const redisReply *reply,
   }
   install_slot(a->app->sessions, a->vin, a->auth->epoch.data, a->key,
                a->session_expires_at_ms, a->stamp);
+  if (a->confirm) {
+    auth_end(a, VK_GRPC_OK, NULL);  // tag and counter passed already
+    return;
+  }
   auth_with_key(a);
+}
+
+static void read_session(auth_ctx_t *a) {
+  vk_store_vehicle_sub(a->redis_key, a->vin, "session");
+  const char *argv[] = {"HMGET", a->redis_key, "epoch", "key", "exp"};
+  if (vk_redis_command_argv(a->app->redis, session_loaded, a, 5, argv, NULL) !=
+      VK_OK) {
+    auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
+  }
 }
 
 static bool digest_request(auth_ctx_t *a, const ProtobufCMessage *request) {
@@ -718,10 +737,16 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
     return;
   }
   a->stamp = stamp;
-  vk_store_vehicle_sub(a->redis_key, vin, "session");
-  const char *argv[] = {"HMGET", a->redis_key, "epoch", "key", "exp"};
-  if (vk_redis_command_argv(app->redis, session_loaded, a, 5, argv, NULL) !=
-      VK_OK) {
-    auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
+  if (slot != NULL) {
+    // Known here but not provably current: decide the counter now, in the
+    // order calls arrive (a call parked on Redis while the vehicle's later
+    // calls go through would fall behind the window), and let Redis
+    // confirm the session before the call goes on.
+    a->confirm = true;
+    memcpy(a->key, slot->key, kKeyLen);
+    a->session_expires_at_ms = slot->expires_at_ms;
+    auth_with_key(a);
+    return;
   }
+  read_session(a);
 }
