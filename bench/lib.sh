@@ -10,35 +10,45 @@ calc() { awk "BEGIN { printf \"%.${2:-1}f\", $1 }"; }
 # even count).
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
-# spread prints (max - min) / median of its arguments: how far repeated
-# measurements of one thing disagree.
-spread() {
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-    m = v[int((NR + 1) / 2)]; printf "%.3f", (m > 0) ? (v[NR] - v[1]) / m : 0 }'
-}
-
 # ms S prints S seconds as h2load's durations want them ("2.5" is refused,
 # "2500ms" is not).
 ms() { awk -v s="$1" 'BEGIN { printf "%dms", s * 1000 + 0.5 }'; }
 
-# xc_verdict RATIO GEN_A GEN_B OTHER_A OTHER_B SPREAD_A SPREAD_B
-#            CLIENT_MAX OTHER_MAX SPREAD_MAX
-# judges the h2load cross-check from the medians of its pairs: RATIO is
-# vkey-bench's throughput over h2load's, GEN_* each client's CPU share
-# (cores), OTHER_* the CPU other processes used, SPREAD_* how far each
-# client's own runs spread (see spread). In this order: a client that used
-# more than CLIENT_MAX of a core measured itself; other processes over
-# OTHER_MAX disturbed the runs; a spread over SPREAD_MAX means the server's
-# speed drifted; each makes the check INCONCLUSIVE. Otherwise the clients
-# agree within 10% or DISAGREE. Prints the verdict; its first word is
-# INCONCLUSIVE:, agree or DISAGREE.
+# paired_ratio A1 B1 A2 B2 ... prints "RATIO SE" for pairs of measurements
+# of one thing by two clients, taken one after the other: RATIO is the
+# geometric mean of the pairs' A/B, SE the standard error of its log (about
+# the relative error of RATIO). Pairing cancels the machine's drift that is
+# slower than a pair: on these VMs a core's speed moves by 10-30% within
+# seconds, so whole-run medians of 10 s runs can differ by 30% while the
+# servers' work per call is the same. A pair with a zero is skipped.
+paired_ratio() {
+  printf '%s %s\n' "$@" | awk '$1 > 0 && $2 > 0 { l[++n] = log($1 / $2); s += l[n] }
+    END {
+      if (n == 0) { print "0 1"; exit }
+      m = s / n; v = 0
+      for (i = 1; i <= n; i++) v += (l[i] - m) ^ 2
+      se = (n > 1) ? sqrt(v / (n - 1) / n) : 1
+      printf "%.3f %.3f\n", exp(m), se
+    }'
+}
+
+# xc_verdict RATIO SE GEN_A GEN_B OTHER_A OTHER_B CLIENT_MAX OTHER_MAX SE_MAX
+# judges the h2load cross-check: RATIO is vkey-bench's throughput over
+# h2load's and SE its standard error (see paired_ratio), GEN_* each
+# client's CPU share (cores, medians), OTHER_* the CPU other processes used.
+# In this order: a client that used more than CLIENT_MAX of a core measured
+# itself; other processes over OTHER_MAX disturbed the runs; an SE over
+# SE_MAX means the pairs scatter too much to tell 10% apart (the server's
+# speed drifted within pairs); each makes the check INCONCLUSIVE. Otherwise
+# the clients agree within 10% or DISAGREE. Prints the verdict; its first
+# word is INCONCLUSIVE:, agree or DISAGREE.
 xc_verdict() {
-  if awk -v a="$2" -v b="$3" -v m="$8" 'BEGIN { exit !(a > m || b > m) }'; then
-    echo "INCONCLUSIVE: client-bound (a client used more than $8 of a core)"
-  elif awk -v a="$4" -v b="$5" -v m="$9" 'BEGIN { exit !(a > m || b > m) }'; then
+  if awk -v a="$3" -v b="$4" -v m="$7" 'BEGIN { exit !(a > m || b > m) }'; then
+    echo "INCONCLUSIVE: client-bound (a client used more than $7 of a core)"
+  elif awk -v a="$5" -v b="$6" -v m="$8" 'BEGIN { exit !(a > m || b > m) }'; then
     echo "INCONCLUSIVE: disturbed by other processes"
-  elif awk -v a="$6" -v b="$7" -v m="${10}" 'BEGIN { exit !(a > m || b > m) }'; then
-    echo "INCONCLUSIVE: the server's speed drifted (a client's runs spread by more than ${10} of their median)"
+  elif awk -v e="$2" -v m="$9" 'BEGIN { exit !(e > m) }'; then
+    echo "INCONCLUSIVE: the server's speed drifted (the ratio's standard error is over $9)"
   elif awk -v q="$1" 'BEGIN { exit !(q >= 0.9 && q <= 1.1) }'; then
     echo "agree within 10%"
   else

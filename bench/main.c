@@ -318,7 +318,15 @@ int main(int argc, char **argv) {
     return status;
   }
   find_redis_pid(&cfg);
-  vk_bench_source_t src = {&pool, NULL, 0, NULL, 0, NULL, NULL};
+  // A fixed request is sent as `h2load -d FILE` sends the file: with a
+  // content-length, so that the h2load cross-check gives vkeyd the same
+  // header fields to parse.
+  char len_text[24];
+  vk_bench_hdr_t fixed_len = {"content-length", len_text, 0};
+  fixed_len.value_len = (size_t)snprintf(len_text, sizeof(len_text), "%zu",
+                                         pool.reqs[0].body_len);
+  vk_bench_source_t src = {&pool, NULL, 0, &fixed_len, pool.n == 1 ? 1 : 0,
+                           NULL, NULL};
   int status = run_and_report(&cfg, &src, NULL);
   vk_bench_pool_cleanup(&pool);
   return status;

@@ -64,15 +64,15 @@ done
 CONNS=8
 STREAMS=32
 REPEATS=3
-# Pairs of the h2load cross-check (vkey-bench and h2load each once a pair)
-# and their runs' length: the host's speed drifts by 10-20% from one
-# second to the next, so even --quick runs them for 5 s.
-XC_PAIRS=3
-XC_DURATION=10
-XC_WARMUP=2
+# Pairs of the h2load cross-check (vkey-bench and h2load each once a pair,
+# one right after the other) and their runs' length: the host's speed
+# drifts by 10-30% within seconds, so many short pairs, each compared
+# within itself, tell 10% apart where a few long runs cannot.
+XC_PAIRS=30
+XC_DURATION=1
+XC_WARMUP=0.3
 if [ "$QUICK" = 1 ]; then
-  XC_DURATION=5
-  XC_WARMUP=1
+  XC_PAIRS=12
   BSSL_TIMEOUT=1
   RAW_N=100000
   DURATION=2
@@ -179,7 +179,7 @@ for k in sys.argv[2].split("."):
 print("" if d is None else d)' "$1" "$2"
 }
 
-# calc, median, spread, ms, xc_verdict, curve_point, curve_blocks and
+# calc, median, ms, paired_ratio, xc_verdict, curve_point, curve_blocks and
 # plot_script: the pure helpers, tested by tests/bench_lib_test.sh.
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
@@ -560,29 +560,31 @@ core_ticks() {
 # core_busy "B0 T0" "B1 T1" prints the busy fraction between two samples.
 core_busy() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.2f", (y[2] > x[2]) ? (y[1] - x[1]) / (y[2] - x[2]) : 0 }'; }
 
-# cross_check: vkey-bench and h2load on the same request bytes, the same
-# -c/-m, the same warm-up and window, in XC_PAIRS interleaved pairs (the
-# order alternates, so a drift of the machine's speed hits both), medians.
+# cross_check: vkey-bench and h2load on the same request bytes (vkey-bench
+# sends a fixed request with content-length, as h2load -d does, so vkeyd
+# parses the same fields: callgrind counts the same instructions per call
+# under both), the same -c/-m, the same warm-up and window, in XC_PAIRS
+# pairs run back to back (the order alternates). The ratio is the geometric
+# mean of the pairs' ratios (paired_ratio).
 #
 # The request is `issuers` (KeyService/GetIssuerKeys: no credential, an
 # empty body, a Redis read per call), not `health`: a health call costs
 # vkeyd about as much CPU as it costs a client (3-5 us), so on this
 # machine's cores h2load is the bottleneck before vkeyd is (RESULTS.md,
 # 01:26: h2load at 0.86 of its core measured 228k/s, vkey-bench 263k/s). A
-# GetIssuerKeys call costs vkeyd and its redis-server about 10 us. On 2+
+# GetIssuerKeys call costs vkeyd and its redis-server about 8 us. On 2+
 # CPUs the pairs run pinned: vkeyd and redis-server (every thread) on CPU
 # 0, the client on CPU 1, so each client has a core to itself and the
 # server's core is the bottleneck for both.
 #
-# The verdict is INCONCLUSIVE when either client used more than
-# XC_CLIENT_MAX of a core (it measured itself), when other processes
-# disturbed the runs, or when one client's own runs spread by more than
-# XC_SPREAD_MAX of their median (the server's speed drifted: on these VMs
-# it can move by 20% within seconds, which no 10% comparison survives);
-# otherwise the two must agree within 10%, or run.sh exits 3 after
-# writing its results. Sets AGREEMENT and AGREE_FAIL.
+# The verdict (xc_verdict) is INCONCLUSIVE when either client used more
+# than XC_CLIENT_MAX of a core (it measured itself), when other processes
+# disturbed the runs, or when the ratio's standard error is over XC_SE_MAX
+# (the pairs scatter too much to tell 10%); otherwise the two must agree
+# within 10%, or run.sh exits 3 after writing its results. Sets AGREEMENT
+# and AGREE_FAIL.
 XC_CLIENT_MAX=0.90
-XC_SPREAD_MAX=0.20
+XC_SE_MAX=0.04
 XC_PATH=/vkey.v1.KeyService/GetIssuerKeys
 cross_check() {
   local pinned=0 attempt
@@ -601,15 +603,15 @@ cross_check() {
   # A second set of pairs when the first could not decide because the
   # machine was disturbed or drifted.
   for attempt in 1 2; do
-    log "cross-check: $XC_PAIRS pairs of vkey-bench and h2load, -s issuers, ${XC_DURATION}s (set $attempt)"
+    log "cross-check: $XC_PAIRS pairs of vkey-bench and h2load, -s issuers, ${XC_DURATION}s each (set $attempt)"
     xc_pairs "$pinned"
     case "$XC_VERDICT" in
       *disturbed* | *drifted*) [ "$attempt" = 1 ] && warn "cross-check: $XC_VERDICT; once more" ;;
       *) break ;;
     esac
   done
-  row "issuers cross-check ($XC_HOW, -c $CONNS -m $STREAMS, median of $XC_PAIRS pairs): vkey-bench (req/s) / h2load, same request bytes (req/s)" \
-    "$(calc "$XC_A" 0)" "$(calc "$XC_B" 0) (h2load)" "$XC_RATIO" \
+  row "issuers cross-check ($XC_HOW, -c $CONNS -m $STREAMS, $XC_PAIRS pairs of ${XC_DURATION} s runs): vkey-bench (req/s, median) / h2load, same request bytes (req/s, median); ratio: geometric mean of the pairs' ratios" \
+    "$(calc "$XC_A" 0)" "$(calc "$XC_B" 0) (h2load)" "$XC_RATIO ± $XC_SE" \
     "$XC_GEN (vkey-bench / h2load)" "$XC_OTHER"
   xc_count
   PIN=()
@@ -618,7 +620,7 @@ cross_check() {
     [ -n "$REDIS_PID" ] && taskset -a -p -c "0-$((NCPU - 1))" "$REDIS_PID" >/dev/null
   fi
   [[ $XC_VERDICT == DISAGREE* ]] && AGREE_FAIL=1
-  AGREEMENT="vkey-bench vs h2load, issuers (GetIssuerKeys), same request bytes, -c $CONNS -m $STREAMS, ${XC_DURATION} s after ${XC_WARMUP} s, $XC_HOW, median of $XC_PAIRS pairs: $(calc "$XC_A" 0) vs $(calc "$XC_B" 0) req/s, ratio $XC_RATIO: $XC_VERDICT ($XC_DETAIL)"
+  AGREEMENT="vkey-bench vs h2load, issuers (GetIssuerKeys), same request bytes, -c $CONNS -m $STREAMS, $XC_PAIRS pairs of ${XC_DURATION} s runs after ${XC_WARMUP} s, $XC_HOW: medians $(calc "$XC_A" 0) vs $(calc "$XC_B" 0) req/s, paired ratio $XC_RATIO (standard error $XC_SE): $XC_VERDICT ($XC_DETAIL)"
   log "$AGREEMENT"
 }
 
@@ -662,7 +664,8 @@ xc_count() {
 }
 
 # xc_pairs PINNED runs one set of pairs and sets XC_A, XC_B (medians,
-# req/s), XC_RATIO, XC_GEN, XC_OTHER, XC_HOW, XC_VERDICT and XC_DETAIL.
+# req/s), XC_RATIO and XC_SE (paired_ratio), XC_GEN, XC_OTHER, XC_HOW,
+# XC_VERDICT and XC_DETAIL.
 xc_pairs() {
   local pinned=$1 r f try s0 s1 order
   local vb=() vbgen=() vbother=() h2=() h2gen=() h2other=() srv=()
@@ -694,22 +697,21 @@ xc_pairs() {
       srv+=("$(core_busy "$s0" "$s1")")
     done
   done
-  local ag bg ao bo sa sb
+  local ag bg ao bo pairs=()
   XC_HOW="unpinned"
   [ "$pinned" = 1 ] && XC_HOW="pinned: vkeyd+redis CPU 0, client CPU 1"
   XC_A=$(median "${vb[@]}")
   XC_B=$(median "${h2[@]}")
+  for r in "${!vb[@]}"; do pairs+=("${vb[$r]}" "${h2[$r]}"); done
+  read -r XC_RATIO XC_SE < <(paired_ratio "${pairs[@]}")
   ag=$(median "${vbgen[@]}")
   bg=$(median "${h2gen[@]}")
   ao=$(median "${vbother[@]}")
   bo=$(median "${h2other[@]}")
-  XC_RATIO=$(calc "$XC_A / ($XC_B > 0 ? $XC_B : 1)" 3)
   XC_GEN="$(calc "$ag" 2) / $(calc "$bg" 2)"
   XC_OTHER=$(awk -v a="$ao" -v b="$bo" 'BEGIN { printf "%.2f", (a + 0 > b + 0) ? a : b }')
-  sa=$(spread "${vb[@]}")
-  sb=$(spread "${h2[@]}")
-  XC_VERDICT=$(xc_verdict "$XC_RATIO" "$ag" "$bg" "$ao" "$bo" "$sa" "$sb" \
-    "$XC_CLIENT_MAX" "$OTHER_CPU_MAX" "$XC_SPREAD_MAX")
+  XC_VERDICT=$(xc_verdict "$XC_RATIO" "$XC_SE" "$ag" "$bg" "$ao" "$bo" \
+    "$XC_CLIENT_MAX" "$OTHER_CPU_MAX" "$XC_SE_MAX")
   XC_DETAIL="client CPU share $XC_GEN cores (vkey-bench / h2load); server core busy $(median "${srv[@]}"); other processes $(calc "$ao" 2) / $(calc "$bo" 2) cores; runs $(printf '%.0f ' "${vb[@]}")/ $(printf '%.0f ' "${h2[@]}")req/s"
 }
 

@@ -132,6 +132,12 @@ int vk__call_on_header(vk_call_t *call, const uint8_t *name, size_t name_len,
     call->accept_encoding_len = value_len;
     return VK_OK;
   }
+  if (name_is(name, name_len, "te") ||
+      name_is(name, name_len, "content-length")) {
+    // HTTP's own fields, not metadata: nghttp2 has checked content-length
+    // against the DATA it received.
+    return VK_OK;
+  }
   vk_md_t *md = vk_arena_alloc(a, sizeof(*md));
   if (md == NULL) {
     call->md_too_big = true;
@@ -140,18 +146,24 @@ int vk__call_on_header(vk_call_t *call, const uint8_t *name, size_t name_len,
   md->key = vk_arena_memdup(a, name, name_len);
   md->key_len = name_len;
   if (ends_with_bin(name, name_len)) {
+    // Decoded straight into the arena: base64 gives at most 3 bytes per 4
+    // characters (+2 for an unpadded tail); the zeroed byte after the
+    // value ends it as the other values are ended.
+    size_t cap = value_len / 4 * 3 + 2;
+    uint8_t *decoded = vk_arena_alloc(a, cap + 1);
+    if (decoded == NULL) {
+      call->md_too_big = true;
+      return VK_ETOOBIG;
+    }
     CBB cbb;
-    uint8_t *decoded;
-    size_t decoded_len;
-    if (!CBB_init(&cbb, value_len) ||
-        vk_base64_decode(&cbb, value, value_len) != VK_OK ||
-        !CBB_finish(&cbb, &decoded, &decoded_len)) {
+    if (!CBB_init_fixed(&cbb, decoded, cap) ||
+        vk_base64_decode(&cbb, value, value_len) != VK_OK) {
       CBB_cleanup(&cbb);
       return VK_OK;  // undecodable binary metadata is dropped, as grpc does
     }
-    md->value = vk_arena_memdup(a, decoded, decoded_len);
-    md->value_len = decoded_len;
-    OPENSSL_free(decoded);
+    md->value = decoded;
+    md->value_len = CBB_len(&cbb);
+    CBB_cleanup(&cbb);
   } else {
     md->value = vk_arena_memdup(a, value, value_len);
     md->value_len = value_len;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests for bench/lib.sh, run.sh's pure helpers: medians and spreads, the
+# Tests for bench/lib.sh, run.sh's pure helpers: medians, paired ratios, the
 # h2load cross-check's verdict, and the latency plot's data and gnuplot
 # script. Nothing is measured and no timing is asserted.
 #
@@ -39,28 +39,34 @@ expect_eq "calc default decimals" "2.5" "$(calc "5 / 2")"
 expect_eq "median of an odd count" "5" "$(median 9 1 5)"
 expect_eq "median of an even count is the lower middle" "2" "$(median 4 1 2 3)"
 expect_eq "median sorts numerically" "10" "$(median 9 100 10)"
-expect_eq "spread" "0.200" "$(spread 90 100 110)"
-expect_eq "spread of one value" "0.000" "$(spread 7)"
 expect_eq "ms" "2500ms" "$(ms 2.5)"
 expect_eq "ms of whole seconds" "10000ms" "$(ms 10)"
 
-# --- the cross-check's verdict -------------------------------------------------
-v() { xc_verdict "$@" 0.90 0.30 0.20; }
-expect_eq "agree" "agree within 10%" "$(v 1.05 0.35 0.38 0.02 0.05 0.05 0.08)"
-expect_eq "agree at the edge" "agree within 10%" "$(v 0.900 0.35 0.38 0 0 0 0)"
-expect_has "disagree above" "DISAGREE" "$(v 1.15 0.35 0.38 0.02 0.05 0.05 0.08)"
-expect_has "disagree below" "DISAGREE" "$(v 0.85 0.35 0.38 0.02 0.05 0.05 0.08)"
+# --- the cross-check's ratio and verdict --------------------------------------
+# Pairs A/B of 1.1 and 1/1.1 around a drifting machine: geometric mean 1.
+expect_eq "paired ratio cancels drift" "1.000 0.055" \
+  "$(paired_ratio 110 100 50 55 220 200 100 110)"
+expect_eq "paired ratio of equal pairs" "1.200 0.000" "$(paired_ratio 120 100 60 50 240 200)"
+expect_eq "paired ratio skips a pair with a zero" "1.200 0.000" \
+  "$(paired_ratio 120 100 0 50 240 200)"
+expect_eq "paired ratio of one pair has no error estimate" "2.000 1.000" "$(paired_ratio 2 1)"
+expect_eq "paired ratio of nothing" "0 1" "$(paired_ratio 0 0)"
+v() { xc_verdict "$@" 0.90 0.30 0.04; }
+expect_eq "agree" "agree within 10%" "$(v 1.05 0.02 0.35 0.38 0.02 0.05)"
+expect_eq "agree at the edge" "agree within 10%" "$(v 0.900 0.04 0.35 0.38 0 0)"
+expect_has "disagree above" "DISAGREE" "$(v 1.15 0.02 0.35 0.38 0.02 0.05)"
+expect_has "disagree below" "DISAGREE" "$(v 0.85 0.02 0.35 0.38 0.02 0.05)"
 # A client over 0.9 of a core measured itself: inconclusive whatever the
 # ratio, and before anything else.
 expect_has "client-bound h2load" "INCONCLUSIVE: client-bound" \
-  "$(v 1.30 0.60 0.91 0.50 0.05 0.30 0.08)"
+  "$(v 1.30 0.10 0.60 0.91 0.50 0.05)"
 expect_has "client-bound vkey-bench" "INCONCLUSIVE: client-bound" \
-  "$(v 1.00 0.95 0.40 0 0 0 0)"
+  "$(v 1.00 0.01 0.95 0.40 0 0)"
 expect_eq "0.9 of a core is not client-bound" "agree within 10%" \
-  "$(v 1.00 0.90 0.90 0 0 0 0)"
-expect_has "disturbed" "INCONCLUSIVE: disturbed" "$(v 1.40 0.35 0.38 0.02 0.45 0.05 0.08)"
+  "$(v 1.00 0.01 0.90 0.90 0 0)"
+expect_has "disturbed" "INCONCLUSIVE: disturbed" "$(v 1.40 0.10 0.35 0.38 0.02 0.45)"
 expect_has "drifted" "INCONCLUSIVE: the server's speed drifted" \
-  "$(v 1.40 0.35 0.38 0.02 0.05 0.25 0.08)"
+  "$(v 1.40 0.05 0.35 0.38 0.02 0.05)"
 
 # --- the latency curve ---------------------------------------------------------
 TSV=$TMP/curve.tsv
