@@ -304,8 +304,13 @@ int vk_bench_session_key(uint8_t key[32], const uint8_t shared[32],
              : VK_EIO;
 }
 
-void vk_bench_session_tag(uint8_t tag[32], const uint8_t key[32],
-                          const char *vin, const char *path,
+int vk_bench_session_mac(HMAC_CTX *mac, const uint8_t key[32]) {
+  return HMAC_Init_ex(mac, key, 32, EVP_sha256(), NULL) == 1 ? VK_OK
+                                                              : VK_EIO;
+}
+
+void vk_bench_session_tag(uint8_t tag[32], HMAC_CTX *mac, const char *vin,
+                          const char *path,
                           const uint8_t epoch[VK_BENCH_EPOCH_LEN],
                           uint64_t counter, int64_t expires_at_ms,
                           const uint8_t digest[32]) {
@@ -314,23 +319,19 @@ void vk_bench_session_tag(uint8_t tag[32], const uint8_t key[32],
     be[i] = (uint8_t)(counter >> (56 - 8 * i));
     be[8 + i] = (uint8_t)((uint64_t)expires_at_ms >> (56 - 8 * i));
   }
-  HMAC_CTX h;
-  HMAC_CTX_init(&h);
   unsigned len = 0;
-  // HMAC_Init_ex with SHA-256 and a 32-byte key cannot fail short of
-  // memory; a failure leaves a zero tag, which the server refuses.
-  memset(tag, 0, 32);
-  if (!HMAC_Init_ex(&h, key, 32, EVP_sha256(), NULL) ||
-      !HMAC_Update(&h, (const uint8_t *)kRequestContext,
+  // Rewinding a keyed context cannot fail; a failure leaves a zero tag,
+  // which the server refuses.
+  if (!HMAC_Init_ex(mac, NULL, 0, NULL, NULL) ||
+      !HMAC_Update(mac, (const uint8_t *)kRequestContext,
                    sizeof(kRequestContext)) ||
-      !HMAC_Update(&h, (const uint8_t *)vin, strlen(vin) + 1) ||
-      !HMAC_Update(&h, (const uint8_t *)path, strlen(path) + 1) ||
-      !HMAC_Update(&h, epoch, VK_BENCH_EPOCH_LEN) ||
-      !HMAC_Update(&h, be, sizeof(be)) || !HMAC_Update(&h, digest, 32) ||
-      !HMAC_Final(&h, tag, &len)) {
+      !HMAC_Update(mac, (const uint8_t *)vin, strlen(vin) + 1) ||
+      !HMAC_Update(mac, (const uint8_t *)path, strlen(path) + 1) ||
+      !HMAC_Update(mac, epoch, VK_BENCH_EPOCH_LEN) ||
+      !HMAC_Update(mac, be, sizeof(be)) || !HMAC_Update(mac, digest, 32) ||
+      !HMAC_Final(mac, tag, &len)) {
     memset(tag, 0, 32);
   }
-  HMAC_CTX_cleanup(&h);
 }
 
 int vk_bench_session_auth(uint8_t *out, size_t cap, size_t *out_len,

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include <openssl/base.h>
+#include <openssl/hmac.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -122,9 +123,16 @@ int vk_bench_session_key(uint8_t key[32], const uint8_t shared[32],
                          const uint8_t epoch[VK_BENCH_EPOCH_LEN],
                          const char *vin);
 
+// vk_bench_session_mac keys `mac` with a session key, once per session:
+// each tag then rewinds it instead of hashing the key again (as vkeyd's
+// session cache does). `mac` must be HMAC_CTX_init'ed or keyed before;
+// the caller cleans it up. Returns 0 or VK_EIO.
+int vk_bench_session_mac(HMAC_CTX *mac, const uint8_t key[32]);
+
 // vk_bench_session_tag computes a session request's tag over `digest`, the
-// SHA-256 of the serialized request message.
-void vk_bench_session_tag(uint8_t tag[32], const uint8_t key[32],
+// SHA-256 of the serialized request message, with `mac` keyed by
+// vk_bench_session_mac (and left keyed).
+void vk_bench_session_tag(uint8_t tag[32], HMAC_CTX *mac,
                           const char *vin, const char *path,
                           const uint8_t epoch[VK_BENCH_EPOCH_LEN],
                           uint64_t counter, int64_t expires_at_ms,

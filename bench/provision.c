@@ -365,6 +365,9 @@ static void done_session(void *arg, size_t index,
     ok = X25519(shared, pv->x_priv[index], server_pub) == 1 &&
          vk_bench_session_key(v->mac_key, shared, v->epoch, v->vin) == VK_OK;
   }
+  if (ok && v->mac_keyed) {
+    ok = vk_bench_session_mac(&v->mac, v->mac_key) == VK_OK;  // a new session
+  }
   if (ok) {
     v->has_session = 1;
     v->clock_offset_ms = clock_ms - wall_ms();

@@ -33,6 +33,9 @@ void vk_bench_fleet_cleanup(vk_bench_fleet_t *f) {
       vk_bench_vehicle_t *v = &f->vehicles[i];
       free(v->owner_key.claims);
       vk_bench_p256_cleanup(&v->phone_p256);
+      if (v->mac_keyed) {
+        HMAC_CTX_cleanup(&v->mac);
+      }
     }
     OPENSSL_cleanse(f->vehicles, f->n * sizeof(*f->vehicles));
     free(f->vehicles);
@@ -109,7 +112,7 @@ int vk_bench_build_verify(vk_bench_buf_t *out, const char *vin,
 }
 
 int vk_bench_build_check(vk_bench_buf_t *out, char *hdr, size_t hdr_cap,
-                         size_t *out_hdr_len, const vk_bench_vehicle_t *v,
+                         size_t *out_hdr_len, vk_bench_vehicle_t *v,
                          const char *key_id, uint64_t counter,
                          int64_t expires_at_ms) {
   char *ids[1] = {(char *)key_id};
@@ -122,10 +125,17 @@ int vk_bench_build_check(vk_bench_buf_t *out, char *hdr, size_t hdr_cap,
   if (rv != VK_OK) {
     return rv;
   }
+  if (!v->mac_keyed) {
+    HMAC_CTX_init(&v->mac);
+    v->mac_keyed = 1;
+    if (vk_bench_session_mac(&v->mac, v->mac_key) != VK_OK) {
+      return VK_EIO;
+    }
+  }
   uint8_t digest[SHA256_DIGEST_LENGTH];
   SHA256(out->data, out->len, digest);
   uint8_t tag[32];
-  vk_bench_session_tag(tag, v->mac_key, v->vin, VK_BENCH_PATH_CHECK, v->epoch,
+  vk_bench_session_tag(tag, &v->mac, v->vin, VK_BENCH_PATH_CHECK, v->epoch,
                        counter, expires_at_ms, digest);
   uint8_t auth[96];
   size_t auth_len;

@@ -62,10 +62,13 @@ typedef struct vk_bench_vehicle_s {
   vk_bench_p256_t phone_p256;  // the owner's phone, P-256 (if used)
   vk_bench_key_t owner_key;    // for the fleet's phone algorithm
   // The session (check): MAC key, epoch, last counter used; the offset
-  // of the service's clock from ours.
+  // of the service's clock from ours. `mac` is keyed with mac_key on the
+  // first check (mac_keyed), by the signer thread that owns the vehicle.
   int has_session;
   uint8_t epoch[VK_BENCH_EPOCH_LEN];
   uint8_t mac_key[32];
+  HMAC_CTX mac;
+  int mac_keyed;
   uint64_t counter;
   int64_t clock_offset_ms;
 } vk_bench_vehicle_t;
@@ -110,7 +113,7 @@ int vk_bench_build_verify(vk_bench_buf_t *out, const char *vin,
 // session `v` at `counter`, void after `expires_at_ms`. Returns 0 or
 // VK_ETOOBIG.
 int vk_bench_build_check(vk_bench_buf_t *out, char *hdr, size_t hdr_cap,
-                         size_t *out_hdr_len, const vk_bench_vehicle_t *v,
+                         size_t *out_hdr_len, vk_bench_vehicle_t *v,
                          const char *key_id, uint64_t counter,
                          int64_t expires_at_ms);
 

@@ -197,11 +197,21 @@ static size_t add_md_nv(nghttp2_nv *nva, size_t n, const vk_md_t *md) {
   return n;
 }
 
-static size_t add_status_nv(vk_call_t *call, nghttp2_nv *nva, size_t n,
-                            char *status_buf, size_t status_buf_len) {
-  int len = snprintf(status_buf, status_buf_len, "%d", (int)call->status);
-  nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)status_buf, 11,
-                          (size_t)len, NGHTTP2_NV_FLAG_NO_COPY_NAME};
+// grpc-status values as text: the codes are 0..16 (VK_GRPC_*), and the
+// trailers of every call carry one.
+static const char *const kStatusText[] = {"0",  "1",  "2",  "3",  "4",  "5",
+                                          "6",  "7",  "8",  "9",  "10", "11",
+                                          "12", "13", "14", "15", "16"};
+
+static size_t add_status_nv(vk_call_t *call, nghttp2_nv *nva, size_t n) {
+  size_t code = (size_t)call->status;
+  // An out-of-range status would be a bug in a handler; report it as
+  // UNKNOWN (2) rather than send a value no client knows.
+  const char *text = code < VK_ARRAY_LEN(kStatusText) ? kStatusText[code] : "2";
+  nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)text, 11,
+                          strlen(text),
+                          NGHTTP2_NV_FLAG_NO_COPY_NAME |
+                              NGHTTP2_NV_FLAG_NO_COPY_VALUE};
   if (call->status_msg != NULL && call->status_msg[0] != '\0') {
     nva[n++] =
         (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)call->status_msg, 12,
@@ -242,7 +252,6 @@ static bool submit_headers(vk_call_t *call) {
 // Trailers-Only: one HEADERS frame with END_STREAM carrying the status.
 static void submit_trailers_only(vk_call_t *call, const char *http_status) {
   nghttp2_nv nva[kMaxNv];
-  char status_buf[16];
   size_t n = 0;
   nva[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)http_status, 7,
                           strlen(http_status), NGHTTP2_NV_FLAG_NO_COPY_NAME};
@@ -251,7 +260,7 @@ static void submit_trailers_only(vk_call_t *call, const char *http_status) {
     nva[n++] = MAKE_NV("grpc-accept-encoding", "identity,gzip", 13);
   }
   n = add_md_nv(nva, n, call->resp_headers);
-  n = add_status_nv(call, nva, n, status_buf, sizeof(status_buf));
+  n = add_status_nv(call, nva, n);
   call->headers_sent = true;
   // A client still sending is told to stop (RST_STREAM NO_ERROR) only once
   // this HEADERS frame is out: h2.c's on_frame_send. Submitting the reset
@@ -261,8 +270,7 @@ static void submit_trailers_only(vk_call_t *call, const char *http_status) {
 
 static void submit_trailers(vk_call_t *call) {
   nghttp2_nv nva[kMaxNv];
-  char status_buf[16];
-  size_t n = add_status_nv(call, nva, 0, status_buf, sizeof(status_buf));
+  size_t n = add_status_nv(call, nva, 0);
   nghttp2_submit_trailer(call->conn->h2, call->stream_id, nva, n);
 }
 

@@ -269,11 +269,22 @@ TEST(BenchCreds, SessionKeyTagAndAuthMatchTheReference) {
   // The tag by itself, from the request's digest.
   uint8_t digest[32], tag[32];
   SHA256(req.data, req.len, digest);
-  vk_bench_session_tag(tag, v.mac_key, kVin,
-                       "/vkey.v1.VerifyService/CheckKeyStatus", v.epoch, 42,
-                       1700000030000, digest);
+  HMAC_CTX mac;
+  HMAC_CTX_init(&mac);
+  ASSERT_EQ(VK_OK, vk_bench_session_mac(&mac, v.mac_key));
+  vk_bench_session_tag(tag, &mac, kVin, "/vkey.v1.VerifyService/CheckKeyStatus",
+                       v.epoch, 42, 1700000030000, digest);
   EXPECT_EQ("556a20d3777c85eb0f47597bd3c2da60fd411ad596213e673296cdd1645bb452",
             Hex(tag, 32));
+  // The keyed context rewinds: the same request gives the same tag again.
+  vk_bench_session_tag(tag, &mac, kVin, "/vkey.v1.VerifyService/CheckKeyStatus",
+                       v.epoch, 42, 1700000030000, digest);
+  EXPECT_EQ("556a20d3777c85eb0f47597bd3c2da60fd411ad596213e673296cdd1645bb452",
+            Hex(tag, 32));
+  HMAC_CTX_cleanup(&mac);
+  if (v.mac_keyed) {
+    HMAC_CTX_cleanup(&v.mac);
+  }
   vk_bench_buf_cleanup(&req);
 }
 
@@ -492,9 +503,13 @@ TEST(BenchWorkload, CheckRequestsCarryIncreasingCounters) {
     // The tag covers this very request.
     uint8_t digest[32], tag[32];
     SHA256(slot.data + 5, slot.body_len - 5, digest);
-    vk_bench_session_tag(tag, fl.f.vehicles[vi].mac_key, req->vin,
-                         VK_BENCH_PATH_CHECK, fl.f.vehicles[vi].epoch,
-                         a->counter, a->expires_at_ms, digest);
+    HMAC_CTX mac;
+    HMAC_CTX_init(&mac);
+    ASSERT_EQ(VK_OK, vk_bench_session_mac(&mac, fl.f.vehicles[vi].mac_key));
+    vk_bench_session_tag(tag, &mac, req->vin, VK_BENCH_PATH_CHECK,
+                         fl.f.vehicles[vi].epoch, a->counter, a->expires_at_ms,
+                         digest);
+    HMAC_CTX_cleanup(&mac);
     ASSERT_EQ(32u, a->tag.len);
     EXPECT_EQ(0, memcmp(tag, a->tag.data, 32));
     vkey__v1__session_auth__free_unpacked(a, nullptr);
