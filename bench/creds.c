@@ -305,8 +305,7 @@ int vk_bench_session_key(uint8_t key[32], const uint8_t shared[32],
 }
 
 int vk_bench_session_mac(HMAC_CTX *mac, const uint8_t key[32]) {
-  return HMAC_Init_ex(mac, key, 32, EVP_sha256(), NULL) == 1 ? VK_OK
-                                                              : VK_EIO;
+  return HMAC_Init_ex(mac, key, 32, EVP_sha256(), NULL) == 1 ? VK_OK : VK_EIO;
 }
 
 void vk_bench_session_tag(uint8_t tag[32], HMAC_CTX *mac, const char *vin,

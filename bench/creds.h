@@ -132,8 +132,8 @@ int vk_bench_session_mac(HMAC_CTX *mac, const uint8_t key[32]);
 // vk_bench_session_tag computes a session request's tag over `digest`, the
 // SHA-256 of the serialized request message, with `mac` keyed by
 // vk_bench_session_mac (and left keyed).
-void vk_bench_session_tag(uint8_t tag[32], HMAC_CTX *mac,
-                          const char *vin, const char *path,
+void vk_bench_session_tag(uint8_t tag[32], HMAC_CTX *mac, const char *vin,
+                          const char *path,
                           const uint8_t epoch[VK_BENCH_EPOCH_LEN],
                           uint64_t counter, int64_t expires_at_ms,
                           const uint8_t digest[32]);

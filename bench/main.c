@@ -326,7 +326,7 @@ int main(int argc, char **argv) {
   fixed_len.value_len = (size_t)snprintf(len_text, sizeof(len_text), "%zu",
                                          pool.reqs[0].body_len);
   vk_bench_source_t src = {&pool, NULL, 0, &fixed_len, pool.n == 1 ? 1 : 0,
-                           NULL, NULL};
+                           NULL,  NULL};
   int status = run_and_report(&cfg, &src, NULL);
   vk_bench_pool_cleanup(&pool);
   return status;

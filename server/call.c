@@ -208,10 +208,9 @@ static size_t add_status_nv(vk_call_t *call, nghttp2_nv *nva, size_t n) {
   // An out-of-range status would be a bug in a handler; report it as
   // UNKNOWN (2) rather than send a value no client knows.
   const char *text = code < VK_ARRAY_LEN(kStatusText) ? kStatusText[code] : "2";
-  nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)text, 11,
-                          strlen(text),
-                          NGHTTP2_NV_FLAG_NO_COPY_NAME |
-                              NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+  nva[n++] = (nghttp2_nv){
+      (uint8_t *)"grpc-status", (uint8_t *)text, 11, strlen(text),
+      NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
   if (call->status_msg != NULL && call->status_msg[0] != '\0') {
     nva[n++] =
         (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)call->status_msg, 12,
