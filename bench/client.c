@@ -262,7 +262,7 @@ static void end_window(bench_t *b) {
   }
   if (b->cfg->redis_pid > 0) {
     vk_proc_sample_t s1;
-    if (vk_proc_sample(&s1, b->cfg->redis_pid) == VK_OK) {
+    if (vk_proc_sample_family(&s1, b->cfg->redis_pid) == VK_OK) {
       r->has_redis = 1;
       r->redis_cpu_s = s1.cpu_s - b->redis0.cpu_s;
       r->redis_rss_kb_before = b->redis0.rss_kb;
@@ -303,7 +303,7 @@ static void begin_window(bench_t *b) {
             (long long)b->cfg->server_pid);
   }
   if (b->cfg->redis_pid > 0) {
-    (void)vk_proc_sample(&b->redis0, b->cfg->redis_pid);
+    (void)vk_proc_sample_family(&b->redis0, b->cfg->redis_pid);
   }
   if (b->src->n_signers > 0) {
     uint32_t cap;

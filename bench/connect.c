@@ -119,7 +119,8 @@ static void take_sample(bench_t *b, sample_t *s) {
     s->rss_kb = p.rss_kb;
     s->cpu_s = p.cpu_s;
   }
-  if (b->cfg->redis_pid > 0 && vk_proc_sample(&p, b->cfg->redis_pid) == VK_OK) {
+  if (b->cfg->redis_pid > 0 &&
+      vk_proc_sample_family(&p, b->cfg->redis_pid) == VK_OK) {
     s->redis_rss_kb = p.rss_kb;
   }
   if (b->redis_addr[0] != '\0') {

@@ -8,8 +8,10 @@
 #include <sys/time.h>
 #include <sys/un.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,36 +46,53 @@ static int read_text(char *buf, size_t cap, const char *path) {
   return VK_OK;
 }
 
-int vk_proc_parse_stat(uint64_t *out_ticks, const char *text) {
+// read_field moves `*p` past the field it is at (and the spaces before it)
+// and reads it as a number into `*out`: false if it is not one, or the text
+// has ended.
+static bool read_field(const char **p, unsigned long long *out) {
+  char *end;
+  while (**p == ' ') {
+    (*p)++;
+  }
+  if (**p == '\0') {
+    return false;
+  }
+  *out = strtoull(*p, &end, 10);
+  bool number = end != *p;
+  while (*end != ' ' && *end != '\0') {
+    end++;
+  }
+  *p = end;
+  return number;
+}
+
+int vk_proc_parse_stat_fields(vk_proc_stat_t *out, const char *text) {
   const char *p = strrchr(text, ')');
   if (p == NULL) {
     return VK_EPROTO;
   }
   p++;
-  // After ")" come field 3 (state) .. field 13; utime and stime are 14, 15.
-  for (int field = 3; field <= 13; field++) {
-    while (*p == ' ') {
-      p++;
-    }
-    if (*p == '\0') {
-      return VK_EPROTO;
-    }
-    while (*p != ' ' && *p != '\0') {
-      p++;
+  // After ")" come field 3 (state), 4 (ppid), ... 14 utime, 15 stime,
+  // 16 cutime, 17 cstime.
+  unsigned long long v[18] = {0};
+  for (int field = 3; field <= 17; field++) {
+    if (!read_field(&p, &v[field]) && field != 3) {
+      return VK_EPROTO;  // field 3 is a letter; every other one a number
     }
   }
-  char *end;
-  unsigned long long utime = strtoull(p, &end, 10);
-  if (end == p) {
-    return VK_EPROTO;
-  }
-  p = end;
-  unsigned long long stime = strtoull(p, &end, 10);
-  if (end == p) {
-    return VK_EPROTO;
-  }
-  *out_ticks = (uint64_t)utime + (uint64_t)stime;
+  out->ppid = (int64_t)v[4];
+  out->ticks = (uint64_t)(v[14] + v[15]);
+  out->child_ticks = (uint64_t)(v[16] + v[17]);
   return VK_OK;
+}
+
+int vk_proc_parse_stat(uint64_t *out_ticks, const char *text) {
+  vk_proc_stat_t st;
+  int rv = vk_proc_parse_stat_fields(&st, text);
+  if (rv == VK_OK) {
+    *out_ticks = st.ticks;
+  }
+  return rv;
 }
 
 int vk_proc_parse_status_kb(uint64_t *out_kb, const char *text,
@@ -98,6 +117,11 @@ int vk_proc_parse_status_kb(uint64_t *out_kb, const char *text,
   return VK_ENOTFOUND;
 }
 
+static double ticks_to_s(uint64_t ticks) {
+  long hz = sysconf(_SC_CLK_TCK);
+  return (double)ticks / (double)(hz > 0 ? hz : 100);
+}
+
 int vk_proc_sample(vk_proc_sample_t *out, int64_t pid) {
   char path[64];
   char buf[4096];
@@ -111,8 +135,7 @@ int vk_proc_sample(vk_proc_sample_t *out, int64_t pid) {
   if (vk_proc_parse_stat(&ticks, buf) != VK_OK) {
     return VK_EPROTO;
   }
-  long hz = sysconf(_SC_CLK_TCK);
-  out->cpu_s = (double)ticks / (double)(hz > 0 ? hz : 100);
+  out->cpu_s = ticks_to_s(ticks);
   snprintf(path, sizeof(path), "/proc/%lld/status", (long long)pid);
   rv = read_text(buf, sizeof(buf), path);
   if (rv != VK_OK) {
@@ -121,6 +144,41 @@ int vk_proc_sample(vk_proc_sample_t *out, int64_t pid) {
   // A zombie has no VmRSS: report 0 rather than fail.
   (void)vk_proc_parse_status_kb(&out->rss_kb, buf, "VmRSS");
   (void)vk_proc_parse_status_kb(&out->hwm_kb, buf, "VmHWM");
+  return VK_OK;
+}
+
+int vk_proc_sample_family(vk_proc_sample_t *out, int64_t pid) {
+  int rv = vk_proc_sample(out, pid);
+  if (rv != VK_OK) {
+    return rv;
+  }
+  char path[64];
+  char buf[4096];
+  vk_proc_stat_t st;
+  snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
+  if (read_text(buf, sizeof(buf), path) == VK_OK &&
+      vk_proc_parse_stat_fields(&st, buf) == VK_OK) {
+    out->cpu_s += ticks_to_s(st.child_ticks);
+  }
+  DIR *d = opendir("/proc");
+  if (d == NULL) {
+    return VK_OK;  // the process alone
+  }
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    char *end;
+    long long child = strtoll(e->d_name, &end, 10);
+    if (*end != '\0' || child <= 0 || child == pid) {
+      continue;
+    }
+    snprintf(path, sizeof(path), "/proc/%lld/stat", child);
+    // A process may end between readdir and the read: skip it.
+    if (read_text(buf, sizeof(buf), path) == VK_OK &&
+        vk_proc_parse_stat_fields(&st, buf) == VK_OK && st.ppid == pid) {
+      out->cpu_s += ticks_to_s(st.ticks + st.child_ticks);
+    }
+  }
+  closedir(d);
   return VK_OK;
 }
 

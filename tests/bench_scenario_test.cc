@@ -3,6 +3,9 @@
 // report's shape.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -185,6 +188,55 @@ TEST(BenchProcstat, ParsesStatWithAWickedCommandName) {
   EXPECT_EQ(1290u, ticks);
   EXPECT_EQ(VK_EPROTO, vk_proc_parse_stat(&ticks, "4242 (short) S 1 2"));
   EXPECT_EQ(VK_EPROTO, vk_proc_parse_stat(&ticks, "no parenthesis"));
+}
+
+TEST(BenchProcstat, ParsesParentAndChildrenTicks) {
+  // ppid is field 4; cutime = 7 and cstime = 8 are fields 16 and 17.
+  const char *stat =
+      "4242 (redis-server *:0) S 99 4242 4242 0 -1 4194560 100 0 0 0 1234 "
+      "56 7 8 20 0 3 0 12345 1000000 250";
+  vk_proc_stat_t st;
+  ASSERT_EQ(VK_OK, vk_proc_parse_stat_fields(&st, stat));
+  EXPECT_EQ(99, st.ppid);
+  EXPECT_EQ(1290u, st.ticks);
+  EXPECT_EQ(15u, st.child_ticks);
+  EXPECT_EQ(VK_EPROTO, vk_proc_parse_stat_fields(&st, "1 (x) S 1 2 3"));
+}
+
+// A child's CPU counts in its parent's family, alive (found by its ppid)
+// and once reaped (cutime): as redis-server's AOF-rewrite child must.
+TEST(BenchProcstat, FamilyCountsChildrenAliveAndReaped) {
+  int ready[2];
+  ASSERT_EQ(0, pipe(ready));
+  vk_proc_sample_t before, alive, reaped, self_alive;
+  ASSERT_EQ(VK_OK, vk_proc_sample_family(&before, getpid()));
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Burn 0.3 s of CPU, say so, then wait to be killed.
+    struct timespec ts;
+    do {
+      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    } while (ts.tv_sec == 0 && ts.tv_nsec < 300 * 1000 * 1000);
+    char c = 1;
+    (void)!write(ready[1], &c, 1);
+    pause();
+    _exit(0);
+  }
+  char c;
+  ASSERT_EQ(1, read(ready[0], &c, 1));
+  ASSERT_EQ(VK_OK, vk_proc_sample_family(&alive, getpid()));
+  ASSERT_EQ(VK_OK, vk_proc_sample(&self_alive, getpid()));
+  kill(child, SIGKILL);
+  int status;
+  ASSERT_EQ(child, waitpid(child, &status, 0));
+  ASSERT_EQ(VK_OK, vk_proc_sample_family(&reaped, getpid()));
+  close(ready[0]);
+  close(ready[1]);
+  // Tick counters are 10 ms coarse: 0.3 s shows as at least 0.2.
+  EXPECT_GE(alive.cpu_s - before.cpu_s, 0.2);
+  EXPECT_GE(reaped.cpu_s - before.cpu_s, 0.2);
+  EXPECT_LT(self_alive.cpu_s - before.cpu_s, alive.cpu_s - before.cpu_s);
 }
 
 TEST(BenchProcstat, ParsesStatus) {
