@@ -421,7 +421,7 @@ int vk_bench_args_parse(vk_bench_config_t *cfg, char *err, size_t errlen,
   cfg->streams = 32;
   cfg->warmup_s = 1;
   cfg->params.health_service = "";
-  cfg->params.vehicles = 64;
+  cfg->params.vehicles = 1024;
   cfg->params.seed = 1;
   cfg->params.signers = 1;
   cfg->params.ring = 16384;
@@ -580,7 +580,7 @@ void vk_bench_usage(FILE *out) {
       "Signed scenarios (verify*, check, connect) provision a fleet through\n"
       "vkeyd's public API first, then sign requests in their own threads:\n"
       "      --data-dir DIR    vkeyd's data directory (identity-issuer.key)\n"
-      "      --vehicles N      vehicles (default 64)\n"
+      "      --vehicles N      vehicles (default 1024)\n"
       "      --seed N          names the fleet: VINs, keys, request ids\n"
       "                        (default 1; re-runs reuse what exists)\n"
       "      --signers N       signing threads (default 1)\n"

@@ -249,7 +249,7 @@ TEST(BenchArgs, SignedScenarios) {
   EXPECT_EQ(32u, p.cfg.streams);  // RPC scenarios keep -m's default
   p = Parse({"-s", "check", "--data-dir", "/d", "h:1"});
   ASSERT_EQ(VK_OK, p.rv) << p.err;
-  EXPECT_EQ(64u, p.cfg.params.vehicles);
+  EXPECT_EQ(1024u, p.cfg.params.vehicles);
   EXPECT_EQ(1u, p.cfg.params.seed);
   EXPECT_EQ(1u, p.cfg.params.signers);
 }
