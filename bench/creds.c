@@ -26,6 +26,10 @@
 static const char kIdentityContext[] = "vkey-identity-v1";
 static const char kVehicleContext[] = "vkey-vehicle-v1";
 static const char kProofContext[] = "vkey-proof-v1";
+static const char kBoundChallengePrefix[] = "vkey-challenge-v1";
+_Static_assert(sizeof(kBoundChallengePrefix) - 1 + VK_BENCH_EPOCH_LEN + 8 + 1 ==
+                   VK_BENCH_BOUND_CHALLENGE_LEN,
+               "the bound challenge's layout");
 static const char kSessionContext[] = "vkey-session-v1";
 static const char kRequestContext[] = "vkey-req-v1";
 static const char kDeriveContext[] = "vkey-bench-v1";
@@ -179,6 +183,23 @@ int vk_bench_token_mint(char *out, size_t cap, size_t *out_len,
   }
   *out_len = a + 1 + b;
   return VK_OK;
+}
+
+size_t vk_bench_bound_challenge(uint8_t *out, size_t cap,
+                                const uint8_t epoch[VK_BENCH_EPOCH_LEN],
+                                uint64_t counter, uint8_t index) {
+  CBB cbb;
+  size_t len;
+  if (!CBB_init_fixed(&cbb, out, cap) ||
+      !CBB_add_bytes(&cbb, (const uint8_t *)kBoundChallengePrefix,
+                     sizeof(kBoundChallengePrefix) - 1) ||
+      !CBB_add_bytes(&cbb, epoch, VK_BENCH_EPOCH_LEN) ||
+      !CBB_add_u64(&cbb, counter) || !CBB_add_u8(&cbb, index) ||
+      !CBB_finish(&cbb, NULL, &len)) {
+    CBB_cleanup(&cbb);
+    return 0;
+  }
+  return len;
 }
 
 size_t vk_bench_proof_message(uint8_t *out, size_t cap,

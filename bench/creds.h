@@ -90,6 +90,15 @@ size_t vk_bench_proof_message(uint8_t *out, size_t cap,
                               const char *vin, uint32_t function,
                               uint64_t timestamp_ms);
 
+// vk_bench_bound_challenge writes the challenge a vehicle binds to item
+// `index` of its session call (`epoch`, `counter`): docs/SESSIONS.md,
+// "Challenges bound to a call". Returns its length, or 0 if `cap` is too
+// small (VK_BENCH_BOUND_CHALLENGE_LEN bytes are needed).
+#define VK_BENCH_BOUND_CHALLENGE_LEN (17 + VK_BENCH_EPOCH_LEN + 8 + 1)
+size_t vk_bench_bound_challenge(uint8_t *out, size_t cap,
+                                const uint8_t epoch[VK_BENCH_EPOCH_LEN],
+                                uint64_t counter, uint8_t index);
+
 // vk_bench_vehicle_assertion writes a serialized VehicleAssertion for one
 // call of `path` by vehicle `vin`. Returns 0 or VK_ETOOBIG (`cap`; 160
 // bytes are plenty for nonces up to 32 bytes).

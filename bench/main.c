@@ -60,7 +60,8 @@ static void provision_opts(vk_bench_provision_t *p,
   // the outbox (never acknowledged), so every channel gets one message
   // when it opens, which tells us the server took it.
   p->owner_keys = 1;
-  p->sessions = w == VK_BENCH_WORK_CHECK || w == VK_BENCH_WORK_MIXED;
+  p->sessions = w == VK_BENCH_WORK_VERIFY || w == VK_BENCH_WORK_VERIFY_P256 ||
+                w == VK_BENCH_WORK_CHECK || w == VK_BENCH_WORK_MIXED;
   p->cold_keys = w == VK_BENCH_WORK_VERIFY_COLD ? cfg->params.cold_keys : 0;
   p->recipient = w == VK_BENCH_WORK_SHARE;
   p->quiet = cfg->quiet;
@@ -258,13 +259,13 @@ static int run_signed(vk_bench_config_t *cfg) {
     status = vk_bench_connect_run(cfg, &sg->fleet, sg->signers[0],
                                   redis_unprovisioned);
   } else {
-    // Verifications from a cloud service carry the operator's token; the
-    // other workloads carry their own credential in each request.
+    // verify-cold's verifications come from a cloud service with the
+    // operator's token; the other workloads carry their own credential in
+    // each request.
     vk_bench_hdr_t auth = {"authorization", sg->fleet.operator_auth,
                            sg->fleet.operator_auth_len};
     vk_bench_work_t w = cfg->scenario->workload;
-    int bearer = w == VK_BENCH_WORK_VERIFY || w == VK_BENCH_WORK_VERIFY_P256 ||
-                 w == VK_BENCH_WORK_VERIFY_COLD;
+    int bearer = w == VK_BENCH_WORK_VERIFY_COLD;
     vk_bench_source_t src = {
         NULL,           sg->signers, sg->n, bearer ? &auth : NULL,
         bearer ? 1 : 0, NULL,        NULL};

@@ -272,14 +272,16 @@ const vk_bench_scenario_t vk_bench_scenarios[] = {
     {"health", "grpc.health.v1.Health/Check, unary", 1, NULL, VK_BENCH_KIND_RPC,
      VK_BENCH_WORK_POOL, 1, health_build, health_check},
     VK_BENCH_SIGNED("verify",
-                    "VerifyKey (operator token), Ed25519 phone proof, "
+                    "VerifyKey in vehicle sessions, Ed25519 phone proof, "
                     "warm caches",
                     VK_BENCH_KIND_RPC, VK_BENCH_WORK_VERIFY, check_by_path),
     VK_BENCH_SIGNED("verify-p256", "the same with ECDSA P-256 phone proofs",
                     VK_BENCH_KIND_RPC, VK_BENCH_WORK_VERIFY_P256,
                     check_by_path),
     VK_BENCH_SIGNED(
-        "verify-cold", "verify, each request a key never verified before",
+        "verify-cold",
+        "VerifyKey by a cloud service (operator token), each request a key "
+        "never verified before",
         VK_BENCH_KIND_RPC, VK_BENCH_WORK_VERIFY_COLD, check_by_path),
     VK_BENCH_SIGNED("check",
                     "CheckKeyStatus in vehicle sessions (HMAC, no phone "

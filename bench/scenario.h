@@ -32,7 +32,7 @@ typedef enum {
 // What a scenario's requests need (vk_bench_scenario_t.workload).
 typedef enum {
   VK_BENCH_WORK_POOL = 0,     // prebuilt pool, nothing provisioned
-  VK_BENCH_WORK_VERIFY,       // VerifyKey, operator token, Ed25519 phones
+  VK_BENCH_WORK_VERIFY,       // VerifyKey in vehicle sessions, Ed25519 phones
   VK_BENCH_WORK_VERIFY_P256,  // the same with P-256 phones
   VK_BENCH_WORK_VERIFY_COLD,  // a fresh key per request
   VK_BENCH_WORK_CHECK,        // CheckKeyStatus in vehicle sessions

@@ -125,6 +125,15 @@ int vk_bench_build_check(vk_bench_buf_t *out, char *hdr, size_t hdr_cap,
   if (rv != VK_OK) {
     return rv;
   }
+  return vk_bench_sign_session_call(hdr, hdr_cap, out_hdr_len, v,
+                                    VK_BENCH_PATH_CHECK, out, counter,
+                                    expires_at_ms);
+}
+
+int vk_bench_sign_session_call(char *hdr, size_t hdr_cap, size_t *out_hdr_len,
+                               vk_bench_vehicle_t *v, const char *path,
+                               const vk_bench_buf_t *body, uint64_t counter,
+                               int64_t expires_at_ms) {
   if (!v->mac_keyed) {
     HMAC_CTX_init(&v->mac);
     v->mac_keyed = 1;
@@ -133,14 +142,14 @@ int vk_bench_build_check(vk_bench_buf_t *out, char *hdr, size_t hdr_cap,
     }
   }
   uint8_t digest[SHA256_DIGEST_LENGTH];
-  SHA256(out->data, out->len, digest);
+  SHA256(body->data, body->len, digest);
   uint8_t tag[32];
-  vk_bench_session_tag(tag, &v->mac, v->vin, VK_BENCH_PATH_CHECK, v->epoch,
-                       counter, expires_at_ms, digest);
+  vk_bench_session_tag(tag, &v->mac, v->vin, path, v->epoch, counter,
+                       expires_at_ms, digest);
   uint8_t auth[96];
   size_t auth_len;
-  rv = vk_bench_session_auth(auth, sizeof(auth), &auth_len, v->epoch, counter,
-                             expires_at_ms, tag);
+  int rv = vk_bench_session_auth(auth, sizeof(auth), &auth_len, v->epoch,
+                                 counter, expires_at_ms, tag);
   if (rv != VK_OK) {
     return rv;
   }
@@ -258,12 +267,14 @@ static int64_t next_index(vk_bench_work_ctx_t *w, uint32_t n, int wrap) {
   return (int64_t)idx;
 }
 
-// make_verify builds a verification; `auth` (NULL: none) goes with it.
-static int make_verify(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot,
-                       const char *auth, size_t auth_len) {
+// make_verify builds a verification. The vehicle asks in its session, with
+// a challenge bound to the call; verify-cold's requests come from a cloud
+// service (the source adds the operator's token) with random challenges.
+static int make_verify(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot) {
   vk_bench_fleet_t *f = w->fleet;
   const vk_bench_key_t *key;
-  if (w->work == VK_BENCH_WORK_VERIFY_COLD) {
+  int in_session = w->work != VK_BENCH_WORK_VERIFY_COLD;
+  if (!in_session) {
     int64_t i = next_index(w, f->n_cold, 1);
     if (i < 0) {
       return VK_EINVAL;
@@ -276,15 +287,27 @@ static int make_verify(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot,
     }
     key = &f->vehicles[i].owner_key;
   }
-  const vk_bench_vehicle_t *v = &f->vehicles[key->vehicle];
-  uint8_t challenge[kChallengeLen];
-  RAND_bytes(challenge, sizeof(challenge));
+  vk_bench_vehicle_t *v = &f->vehicles[key->vehicle];
+  uint8_t challenge[VK_BENCH_BOUND_CHALLENGE_LEN];
+  size_t challenge_len = kChallengeLen;
+  uint64_t counter = 0;
+  if (in_session) {
+    if (!v->has_session) {
+      return VK_EINVAL;
+    }
+    // Counters only grow, in ring order (make_check says why that holds).
+    counter = ++v->counter;
+    challenge_len = vk_bench_bound_challenge(challenge, sizeof(challenge),
+                                             v->epoch, counter, 0);
+  } else {
+    RAND_bytes(challenge, challenge_len);
+  }
   const uint32_t function = VKEY__V1__VEHICLE_FUNCTION__VEHICLE_FUNCTION_UNLOCK;
   int64_t ts = wall_ms();
   uint8_t msg[256];
   size_t msg_len =
-      vk_bench_proof_message(msg, sizeof(msg), challenge, sizeof(challenge),
-                             v->vin, function, (uint64_t)ts);
+      vk_bench_proof_message(msg, sizeof(msg), challenge, challenge_len, v->vin,
+                             function, (uint64_t)ts);
   uint8_t sig[VK_BENCH_MAX_SIG];
   size_t sig_len = 64;
   if (msg_len == 0) {
@@ -300,11 +323,22 @@ static int make_verify(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot,
     ED25519_sign(sig, msg, msg_len, v->phone.priv);
   }
   int rv = vk_bench_build_verify(&w->buf, v->vin, key, function, challenge,
-                                 sizeof(challenge), ts, sig, sig_len);
+                                 challenge_len, ts, sig, sig_len);
+  if (rv != VK_OK) {
+    return rv;
+  }
+  if (!in_session) {
+    return vk_bench_slot_set(slot, VK_BENCH_PATH_VERIFY, w->buf.data,
+                             w->buf.len, NULL, NULL, 0);
+  }
+  char hdr[256];
+  size_t hdr_len;
+  int64_t exp = ts + v->clock_offset_ms + kSessionRequestTtlMs;
+  rv = vk_bench_sign_session_call(hdr, sizeof(hdr), &hdr_len, v,
+                                  VK_BENCH_PATH_VERIFY, &w->buf, counter, exp);
   if (rv == VK_OK) {
     rv = vk_bench_slot_set(slot, VK_BENCH_PATH_VERIFY, w->buf.data, w->buf.len,
-                           auth != NULL ? "authorization" : NULL, auth,
-                           auth_len);
+                           "x-vkey-session-bin", hdr, hdr_len);
   }
   return rv;
 }
@@ -384,10 +418,9 @@ static int make_share(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot) {
 // make_mixed deals VK_BENCH_MIX_* requests of each kind per 100, spread
 // evenly (i * 37 mod 100 visits every residue).
 static int make_mixed(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot) {
-  vk_bench_fleet_t *f = w->fleet;
   uint64_t k = (w->made * 37) % 100;
   if (k < VK_BENCH_MIX_VERIFY) {
-    return make_verify(w, slot, f->operator_auth, f->operator_auth_len);
+    return make_verify(w, slot);
   }
   if (k < VK_BENCH_MIX_VERIFY + VK_BENCH_MIX_CHECK) {
     return make_check(w, slot);
@@ -432,7 +465,7 @@ int vk_bench_work_make(void *ctx, vk_bench_slot_t *slot) {
     case VK_BENCH_WORK_VERIFY:
     case VK_BENCH_WORK_VERIFY_P256:
     case VK_BENCH_WORK_VERIFY_COLD:
-      rv = make_verify(w, slot, NULL, 0);
+      rv = make_verify(w, slot);
       break;
     case VK_BENCH_WORK_APPLY:
       rv = make_apply(w, slot);

@@ -108,6 +108,15 @@ int vk_bench_build_verify(vk_bench_buf_t *out, const char *vin,
                           int64_t timestamp_ms, const uint8_t *phone_sig,
                           size_t phone_sig_len);
 
+// vk_bench_sign_session_call writes the x-vkey-session-bin value (base64,
+// NUL-terminated) for the message in `body`, a call of `path` in session
+// `v` at `counter`, void after `expires_at_ms`. Returns 0, VK_EIO or
+// VK_ETOOBIG.
+int vk_bench_sign_session_call(char *hdr, size_t hdr_cap, size_t *out_hdr_len,
+                               vk_bench_vehicle_t *v, const char *path,
+                               const vk_bench_buf_t *body, uint64_t counter,
+                               int64_t expires_at_ms);
+
 // vk_bench_build_check writes a CheckKeyStatusRequest for one key and the
 // value of its x-vkey-session-bin metadata (base64, NUL-terminated) for
 // session `v` at `counter`, void after `expires_at_ms`. Returns 0 or

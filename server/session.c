@@ -29,7 +29,7 @@
 #include "vkey/v1/verify.pb-c.h"
 
 enum {
-  kEpochLen = 16,
+  kEpochLen = VK_SESSION_EPOCH_LEN,
   kKeyLen = 32,
   kMaxAuthLen = 256,
   kMaxRequestAheadMs = 60 * 1000,
@@ -439,7 +439,8 @@ static void auth_end(auth_ctx_t *a, vk_grpc_status_t status, const char *msg) {
   if (status != VK_GRPC_OK) {
     vk_call_finish(call, status, msg);
   }
-  a->done(call, ok, a->arg);
+  vk_session_call_t accepted = {a->auth->epoch.data, a->auth->counter};
+  a->done(call, ok ? &accepted : NULL, a->arg);
   vk_call_unref(call);
 }
 
@@ -706,13 +707,13 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
   }
   if (err != NULL) {
     vk_call_finish(call, VK_GRPC_UNAUTHENTICATED, err);
-    done(call, false, arg);
+    done(call, NULL, arg);
     return;
   }
   auth_ctx_t *a = vk_call_alloc(call, sizeof(*a));
   if (a == NULL) {
     vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
-    done(call, false, arg);
+    done(call, NULL, arg);
     return;
   }
   a->app = app;

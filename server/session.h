@@ -24,9 +24,21 @@ extern "C" {
 int vk_sessions_new(vk_sessions_t **out, vk_app_t *app, size_t slots);
 void vk_sessions_free(vk_sessions_t *s);
 
-// Called when vk_session_open finished. On failure the call was finished
-// with a status and `ok` is false. The call is live when `ok` is true.
-typedef void (*vk_session_done_fn)(vk_call_t *call, bool ok, void *arg);
+#define VK_SESSION_EPOCH_LEN 16
+
+// An accepted session call: its session's epoch and its counter. No other
+// call of any instance is ever accepted with the same pair (counters are
+// leased, docs/SESSIONS.md), so a value bound to the pair is used once.
+typedef struct {
+  const uint8_t *epoch;  // VK_SESSION_EPOCH_LEN bytes, in the call's arena
+  uint64_t counter;
+} vk_session_call_t;
+
+// Called when vk_session_auth finished: `accepted` is NULL when the call was
+// refused and finished with a status; otherwise the call is live.
+typedef void (*vk_session_done_fn)(vk_call_t *call,
+                                   const vk_session_call_t *accepted,
+                                   void *arg);
 
 // vk_session_open runs OpenSession's crypto on the worker pool, stores the
 // session and sends the OpenSessionResponse, then finishes the call. The
@@ -38,7 +50,7 @@ void vk_session_open(vk_app_t *app, vk_call_t *call, const char *vin,
 // `request` (the decoded request message, re-serialized for the tag). On
 // success `done(call, true, arg)` runs; otherwise the call is finished
 // with UNAUTHENTICATED (with fresh session info in the trailers where the
-// vehicle can resynchronise) or UNAVAILABLE, and `done` runs with false.
+// vehicle can resynchronise) or UNAVAILABLE, and `done` runs with NULL.
 void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
                      const ProtobufCMessage *request, vk_session_done_fn done,
                      void *arg);

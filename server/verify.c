@@ -45,6 +45,21 @@ _Static_assert(kChallengeTtlS == 70, "kChallengeTtl must match kChallengeTtlS");
 
 static const char kProofContext[] = "vkey-proof-v1";
 
+// A session-bound challenge (docs/SESSIONS.md, "Challenges bound to a
+// call"): this prefix, the session's epoch, the call's counter (u64,
+// big-endian), the item's index in the call, then up to 22 bytes of the
+// vehicle's own. The session counter is accepted once across all
+// instances, so such a challenge is spent with its call and needs no
+// record in Redis. The prefix is long enough that no random challenge
+// carries it by chance.
+static const char kBoundPrefix[] = "vkey-challenge-v1";
+enum {
+  kBoundPrefixLen = sizeof(kBoundPrefix) - 1,
+  kBoundLen = kBoundPrefixLen + VK_SESSION_EPOCH_LEN + 8 + 1,
+};
+_Static_assert((int)kBoundLen <= (int)kMaxChallenge,
+               "a bound challenge must fit");
+
 // Returns {code, value}: 0 allow; 1 challenge reused; 2 not active (value =
 // status); 3 uses exhausted; 5 unknown key; 6 outdated (value = version).
 static const char kCommitScript[] =
@@ -53,7 +68,8 @@ static const char kCommitScript[] =
     "if st ~= '1' then return {2, tonumber(st)} end\n"
     "local ver = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')\n"
     "if tonumber(ARGV[3]) < ver then return {6, ver} end\n"
-    "if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then\n"
+    "if ARGV[2] ~= '0' and\n"
+    "   not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then\n"
     "  return {1, 0}\n"
     "end\n"
     "local max = tonumber(ARGV[1])\n"
@@ -91,6 +107,7 @@ typedef struct {
   vk_crypto_op_t *token_op;
   vk_crypto_op_t *proof_op;
   uint64_t cache_stamp;  // taken before the status read
+  bool bound_challenge;  // spent by the session counter: no Redis record
 } item_t;
 
 struct verify_req_s {
@@ -101,6 +118,8 @@ struct verify_req_s {
   size_t n;
   bool batch;
   bool issuers_loaded;
+  bool in_session;            // asked by the vehicle in its session
+  vk_session_call_t session;  // then: the call's epoch and counter
   size_t pending;
   void (*next)(verify_req_t *r);  // the stage after `pending` reaches 0
 };
@@ -182,6 +201,41 @@ static uint8_t *proof_message(vk_call_t *call, const char *vin,
   return m;
 }
 
+static uint64_t load_be64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) {
+    v = v << 8 | p[i];
+  }
+  return v;
+}
+
+// A challenge with the bound prefix must name this very call and item;
+// returns false (with a denial) when it does not. Other challenges pass.
+static bool bound_challenge_matches(const verify_req_t *r, item_t *it) {
+  const ProtobufCBinaryData *c = &it->in->challenge;
+  if (c->len < kBoundPrefixLen ||
+      memcmp(c->data, kBoundPrefix, kBoundPrefixLen) != 0) {
+    return true;
+  }
+  const uint8_t *epoch = c->data + kBoundPrefixLen;
+  const uint8_t *counter = epoch + VK_SESSION_EPOCH_LEN;
+  size_t index = (size_t)(it - r->items);
+  const char *why = NULL;
+  if (!r->in_session) {
+    why = "a session-bound challenge needs the vehicle's session call";
+  } else if (c->len < kBoundLen ||
+             memcmp(epoch, r->session.epoch, VK_SESSION_EPOCH_LEN) != 0 ||
+             load_be64(counter) != r->session.counter || counter[8] != index) {
+    why = "the challenge is bound to another session call or item";
+  }
+  if (why != NULL) {
+    deny(it, VKEY__V1__DENY_REASON__DENY_REASON_CHALLENGE_MISMATCH, why);
+    return false;
+  }
+  it->bound_challenge = true;
+  return true;
+}
+
 // Cheap checks of one item; returns false when the issuer is not known yet.
 static bool parse_item(verify_req_t *r, item_t *it, int64_t now_ms) {
   const Vkey__V1__VerifyKeyItem *in = it->in;
@@ -235,6 +289,8 @@ static bool parse_item(verify_req_t *r, item_t *it, int64_t now_ms) {
              in->challenge.len > kMaxChallenge) {
     deny(it, VKEY__V1__DENY_REASON__DENY_REASON_BAD_PROOF,
          "the challenge must be 16 to 64 bytes");
+  } else if (!bound_challenge_matches(r, it)) {
+    // denied
   } else if (in->timestamp_ms < now_ms - kProofWindowMs ||
              in->timestamp_ms > now_ms + kProofWindowMs) {
     deny(it, VKEY__V1__DENY_REASON__DENY_REASON_STALE_PROOF,
@@ -630,6 +686,10 @@ static void stage_commit(verify_req_t *r) {
     vk_hex_encode(suffix + 5, it->in->challenge.data, it->in->challenge.len);
     vk_store_key(key, it->claims->key_id);
     vk_store_vehicle_sub(chal, r->vin, suffix);
+    if (it->bound_challenge && state_still_current(r, it)) {
+      it->decided = true;  // allowed: the session counter spent the challenge
+      continue;
+    }
     if (state_still_current(r, it)) {
       const char *argv[] = {"SET", chal, "1", "NX", "EX", kChallengeTtl};
       if (vk_redis_command_argv(r->app->redis, challenge_set, it, 6, argv,
@@ -642,7 +702,8 @@ static void stage_commit(verify_req_t *r) {
     }
     char max_uses[16], ttl[16], ver[24];
     snprintf(max_uses, sizeof(max_uses), "%u", it->claims->max_uses);
-    snprintf(ttl, sizeof(ttl), "%d", kChallengeTtlS);
+    // A TTL of 0 tells the script the challenge needs no record.
+    snprintf(ttl, sizeof(ttl), "%d", it->bound_challenge ? 0 : kChallengeTtlS);
     snprintf(ver, sizeof(ver), "%llu", (unsigned long long)it->claims->version);
     const char *args[] = {key, chal, max_uses, ttl, ver};
     size_t lens[] = {strlen(key), strlen(chal), strlen(max_uses), strlen(ttl),
@@ -710,7 +771,9 @@ static vk_app_t *app_of(vk_call_t *call) {
 
 // Both kinds of caller: a vehicle in its session, or a cloud service with an
 // operator credential.
-typedef void (*authed_fn)(vk_call_t *call, void *arg);
+// `session` is NULL for a cloud service's call.
+typedef void (*authed_fn)(vk_call_t *call, const vk_session_call_t *session,
+                          void *arg);
 
 typedef struct {
   authed_fn next;
@@ -755,12 +818,13 @@ static void caller_name(char *out, const char *kind, const char *name,
   out[kind_len + name_len] = '\0';
 }
 
-static void after_session(vk_call_t *call, bool ok, void *arg) {
+static void after_session(vk_call_t *call, const vk_session_call_t *accepted,
+                          void *arg) {
   auth_step_t *s = arg;
   char caller[VK_VIN_LEN + 9];
   caller_name(caller, "vehicle:", s->vin, VK_VIN_LEN);
-  if (ok && admit(call, s, caller)) {
-    s->next(call, s->arg);
+  if (accepted != NULL && admit(call, s, caller)) {
+    s->next(call, accepted, s->arg);
   }
 }
 
@@ -770,7 +834,7 @@ static void after_bearer(vk_call_t *call, const vk_identity_t *who, void *arg) {
   caller_name(caller, "service:", who->subject,
               strnlen(who->subject, VK_SUBJECT_MAX));
   if (admit(call, s, caller)) {
-    s->next(call, s->arg);
+    s->next(call, NULL, s->arg);
   }
 }
 
@@ -794,8 +858,13 @@ static void authenticate(vk_call_t *call, const char *vin, size_t cost,
   }
 }
 
-static void start_verify(vk_call_t *call, void *arg) {
+static void start_verify(vk_call_t *call, const vk_session_call_t *session,
+                         void *arg) {
   verify_req_t *r = arg;
+  if (session != NULL) {
+    r->in_session = true;
+    r->session = *session;
+  }
   vk_call_ref(call);
   stage_parse(r);
 }
@@ -942,7 +1011,9 @@ static void status_read(vk_redis_t *redis, int status, const redisReply *reply,
   }
 }
 
-static void check_status_authed(vk_call_t *call, void *arg) {
+static void check_status_authed(vk_call_t *call,
+                                const vk_session_call_t *session, void *arg) {
+  (void)session;
   status_req_t *s = arg;
   size_t n = s->req->n_key_ids;
   s->entries = vk_call_alloc(call, n * sizeof(*s->entries));

@@ -421,20 +421,38 @@ TEST(BenchWorkload, VerifyRequestsParseAndTheirProofsVerify) {
     w.first = 1;
     w.stride = 2;  // this thread's share: vehicle 1 only
     vk_bench_slot_t slot;
-    std::vector<uint8_t> last_challenge;
-    for (int round = 0; round < 3; round++) {
+    vk_bench_vehicle_t *v = &fl.f.vehicles[1];
+    for (uint64_t round = 0; round < 3; round++) {
       ASSERT_EQ(VK_OK, vk_bench_work_make(&w, &slot));
       EXPECT_STREQ(VK_BENCH_PATH_VERIFY, slot.path);
-      EXPECT_EQ(nullptr, slot.hdr_name);
+      // The vehicle asks in its session, at its next counter.
+      EXPECT_STREQ("x-vkey-session-bin", slot.hdr_name);
+      std::vector<uint8_t> auth_bytes = B64Decode(
+          std::string(reinterpret_cast<const char *>(slot.data) + slot.body_len,
+                      slot.hdr_len));
+      Vkey__V1__SessionAuth *auth = vkey__v1__session_auth__unpack(
+          nullptr, auth_bytes.size(), auth_bytes.data());
+      ASSERT_NE(nullptr, auth);
+      EXPECT_EQ(round + 1, auth->counter);
+      EXPECT_EQ(round + 1, v->counter);
       const uint8_t *msg;
       size_t len;
       const char *why;
       ASSERT_EQ(VK_OK, vk_bench_grpc_unframe(&msg, &len, &why, slot.data,
                                              slot.body_len));
+      uint8_t digest[32], tag[32];
+      SHA256(msg, len, digest);
+      HMAC_CTX mac;
+      HMAC_CTX_init(&mac);
+      ASSERT_EQ(VK_OK, vk_bench_session_mac(&mac, v->mac_key));
+      vk_bench_session_tag(tag, &mac, v->vin, VK_BENCH_PATH_VERIFY, v->epoch,
+                           auth->counter, auth->expires_at_ms, digest);
+      HMAC_CTX_cleanup(&mac);
+      ASSERT_EQ(32u, auth->tag.len);
+      EXPECT_EQ(Hex(tag, 32), Hex(auth->tag.data, 32));
       Vkey__V1__VerifyKeyRequest *req =
           vkey__v1__verify_key_request__unpack(nullptr, len, msg);
       ASSERT_NE(nullptr, req);
-      const vk_bench_vehicle_t *v = &fl.f.vehicles[1];
       EXPECT_STREQ(v->vin, req->vin);
       ASSERT_NE(nullptr, req->item);
       ASSERT_NE(nullptr, req->item->key);
@@ -444,14 +462,24 @@ TEST(BenchWorkload, VerifyRequestsParseAndTheirProofsVerify) {
                       req->item->key->claims.len));
       EXPECT_EQ(VKEY__V1__VEHICLE_FUNCTION__VEHICLE_FUNCTION_UNLOCK,
                 req->item->function);
-      ASSERT_EQ(32u, req->item->challenge.len);
-      std::vector<uint8_t> chal(req->item->challenge.data,
-                                req->item->challenge.data + 32);
-      EXPECT_NE(last_challenge, chal);  // fresh every time
-      last_challenge = chal;
+      // The challenge is bound to this call: prefix, epoch, counter, item 0.
+      ASSERT_EQ(static_cast<size_t>(VK_BENCH_BOUND_CHALLENGE_LEN),
+                req->item->challenge.len);
+      std::vector<uint8_t> chal(
+          req->item->challenge.data,
+          req->item->challenge.data + req->item->challenge.len);
+      std::string want = "vkey-challenge-v1" +
+                         std::string(reinterpret_cast<char *>(v->epoch), 16) +
+                         std::string(7, '\0') +
+                         std::string(1, static_cast<char>(round + 1)) +
+                         std::string(1, '\0');
+      EXPECT_EQ(
+          Hex(reinterpret_cast<const uint8_t *>(want.data()), want.size()),
+          Hex(chal.data(), chal.size()));
+      vkey__v1__session_auth__free_unpacked(auth, nullptr);
       uint8_t pm[256];
       size_t pm_len = vk_bench_proof_message(
-          pm, sizeof(pm), chal.data(), 32, v->vin, 1,
+          pm, sizeof(pm), chal.data(), chal.size(), v->vin, 1,
           static_cast<uint64_t>(req->item->timestamp_ms));
       if (alg == VK_BENCH_ALG_P256) {
         uint8_t digest[32];
@@ -637,7 +665,7 @@ TEST(BenchWorkload, ApplyAndTheMixCarryTheirOwnCredentials) {
                     slot.hdr_len);
     if (strcmp(slot.path, VK_BENCH_PATH_VERIFY) == 0) {
       verify++;
-      EXPECT_EQ("Bearer op", hdr);
+      EXPECT_STREQ("x-vkey-session-bin", slot.hdr_name);
     } else if (strcmp(slot.path, VK_BENCH_PATH_CHECK) == 0) {
       check++;
       EXPECT_STREQ("x-vkey-session-bin", slot.hdr_name);

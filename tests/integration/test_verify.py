@@ -301,6 +301,56 @@ class VerifyTest(vkharness.ServerTestCase):
         res, _ = self.session_verify(s, item(self.owner_key, self.phone))
         self.assertEqual(res.decision, R.DECISION_ALLOW)
 
+    def bound_item(self, s, index=0, counter=None, **kw):
+        """An item whose challenge is bound to s's next call (or `counter`)."""
+        n = s.counter + 1 if counter is None else counter
+        return item(self.owner_key, self.phone,
+                    challenge=vkcreds.bound_challenge(s.epoch, n, index, **kw))
+
+    def session_verify_batch(self, s, items):
+        req = R.VerifyKeysRequest(vin=VIN1, items=items)
+        md, _ = s.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKeys", req)
+        return self.fleet.verify.VerifyKeys(req, metadata=md,
+                                            timeout=10).results
+
+    def test_session_bound_challenges(self):
+        s = self.session()
+        spent = self.bound_item(s)
+        res, _ = self.session_verify(s, spent)
+        self.assertEqual(res.decision, R.DECISION_ALLOW, res.detail)
+        # The vehicle's own bytes may follow the binding (up to 64 in all).
+        res, _ = self.session_verify(s, self.bound_item(s, extra=b"x" * 22))
+        self.assertEqual(res.decision, R.DECISION_ALLOW, res.detail)
+        # The same proof in a later call: the challenge names a spent call.
+        res, _ = self.session_verify(s, spent)
+        self.assertDenied(res, R.DENY_REASON_CHALLENGE_MISMATCH)
+        # A batch: each item's challenge names its own index.
+        results = self.session_verify_batch(
+            s, [self.bound_item(s, 0), self.bound_item(s, 0),
+                self.bound_item(s, 2)])
+        self.assertEqual([r.decision for r in results],
+                         [R.DECISION_ALLOW, R.DECISION_DENY, R.DECISION_ALLOW])
+        self.assertDenied(results[1], R.DENY_REASON_CHALLENGE_MISMATCH)
+        # Bound to a counter ahead of the call's, or cut short.
+        res, _ = self.session_verify(
+            s, self.bound_item(s, counter=s.counter + 2))
+        self.assertDenied(res, R.DENY_REASON_CHALLENGE_MISMATCH)
+        short = vkcreds.bound_challenge(s.epoch, s.counter + 1, 0)[:30]
+        res, _ = self.session_verify(
+            s, item(self.owner_key, self.phone, challenge=short))
+        self.assertDenied(res, R.DENY_REASON_CHALLENGE_MISMATCH)
+        # Outside a session there is no call to bind to.
+        res = self.verify(self.bound_item(s))
+        self.assertDenied(res, R.DENY_REASON_CHALLENGE_MISMATCH)
+        self.assertIn("session", res.detail)
+        # A session reopened: challenges bound to the old epoch are refused.
+        old_counter = s.counter + 1
+        old_epoch_item = self.bound_item(s)
+        s.open(self.fleet.verify, verify_pb2, self.fleet.issuer_public)
+        s.counter = max(s.counter, old_counter - 1)  # the same counter if can
+        res, _ = self.session_verify(s, old_epoch_item)
+        self.assertDenied(res, R.DENY_REASON_CHALLENGE_MISMATCH)
+
     def test_session_expired_request_and_bad_tag(self):
         s = self.session()
         past = int(time.time() * 1000) - 5000
@@ -544,6 +594,36 @@ class TwoInstanceTest(vkharness.ServerTestCase):
         self.assertIn("open a new session", err.details())
         status, err, _ = self.check_on(self.fleet.verify, s, key_id)
         self.assertIsNone(err)
+
+    def test_bound_challenge_is_spent_by_its_call_alone(self):
+        rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
+        s = vkcreds.VehicleSession(VIN1, self.fleet.vehicle_keys[VIN1])
+        s.open(self.fleet.verify, verify_pb2, self.fleet.issuer_public)
+        bound = vkcreds.bound_challenge(s.epoch, s.counter + 1, 0)
+        req = R.VerifyKeyRequest(vin=VIN1, item=item(rec, self.phone,
+                                                     challenge=bound))
+        md, _ = s.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKey", req)
+        res = self.fleet.verify.VerifyKey(req, metadata=md, timeout=10).result
+        self.assertEqual(res.decision, R.DECISION_ALLOW, res.detail)
+        # No record of it in Redis, unlike a random challenge's ...
+        chal_key = f"vk:veh:{{{VIN1}}}:chal:"
+        self.assertEqual(self.redis_cli("EXISTS", chal_key + bound.hex()), "0")
+        rand = os.urandom(32)
+        self.assertEqual(self.verify_on_item(self.verify_b,
+                                             item(rec, self.phone,
+                                                  challenge=rand)).decision,
+                         R.DECISION_ALLOW)
+        self.assertEqual(self.redis_cli("EXISTS", chal_key + rand.hex()), "1")
+        # ... yet the very call replayed to either instance is refused.
+        for stub in (self.fleet.verify, self.verify_b):
+            with self.assertRaises(grpc.RpcError) as cm:
+                stub.VerifyKey(req, metadata=md, timeout=10)
+            self.assertEqual(cm.exception.code(),
+                             grpc.StatusCode.UNAUTHENTICATED)
+
+    def verify_on_item(self, stub, it):
+        return stub.VerifyKey(R.VerifyKeyRequest(vin=VIN1, item=it),
+                              metadata=self.fleet.op_md, timeout=10).result
 
     def test_status_cache_invalidated_across_instances(self):
         rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)

@@ -134,6 +134,15 @@ def proof_message(challenge, vin, function, timestamp_ms):
             + struct.pack(">IQ", function, timestamp_ms))
 
 
+BOUND_CHALLENGE_PREFIX = b"vkey-challenge-v1"
+
+
+def bound_challenge(epoch, counter, index, extra=b""):
+    """A challenge bound to item `index` of session call (epoch, counter)."""
+    return (BOUND_CHALLENGE_PREFIX + epoch + struct.pack(">QB", counter, index)
+            + extra)
+
+
 def sign_proof(phone_key, challenge, vin, function, timestamp_ms=None):
     """The phone's proof of possession for VerifyKeyItem."""
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
