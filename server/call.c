@@ -592,6 +592,10 @@ static void handle_message(vk_call_t *call, int compressed, CBS msg) {
   }
   call->unary_req = protobuf_c_message_unpack(
       call->method->input, &call->arena.allocator, len, data);
+  if (call->unary_req != NULL && call->method->keep_request_bytes) {
+    call->req_bytes = vk_arena_memdup(&call->arena, data, len);
+    call->req_len = len;
+  }
   OPENSSL_free(inflated);
   if (call->unary_req == NULL) {
     call_fail(call, VK_GRPC_INVALID_ARGUMENT, "request does not parse as %s",
@@ -770,6 +774,11 @@ void *vk_call_alloc(vk_call_t *call, size_t len) {
 
 ProtobufCAllocator *vk_call_allocator(vk_call_t *call) {
   return &call->arena.allocator;
+}
+
+const uint8_t *vk_call_request_bytes(const vk_call_t *call, size_t *out_len) {
+  *out_len = call->req_len;
+  return call->req_bytes;
 }
 
 const uint8_t *vk_call_metadata(const vk_call_t *call, const char *key,

@@ -78,6 +78,10 @@ typedef struct vk_method_s {
   // on_writable: after vk_call_send() returned VK_EAGAIN, the send queue has
   // drained and the handler may send again.
   void (*on_writable)(vk_call_t *call);
+  // keep_request_bytes (unary): the request message's bytes as received
+  // (after decompression) stay readable through vk_call_request_bytes, for
+  // handlers that authenticate them (session calls, docs/SESSIONS.md).
+  bool keep_request_bytes;
 } vk_method_t;
 
 // vk_service_t is a gRPC service: its full name and its methods. It and its
@@ -111,6 +115,11 @@ void *vk_call_alloc(vk_call_t *call, size_t len);
 // vk_call_allocator returns a protobuf-c allocator over the call's arena,
 // for messages that live as long as the call.
 ProtobufCAllocator *vk_call_allocator(vk_call_t *call);
+
+// vk_call_request_bytes returns the unary request message as received, in
+// the call's arena, when the method keeps them (keep_request_bytes); else
+// NULL.
+const uint8_t *vk_call_request_bytes(const vk_call_t *call, size_t *out_len);
 
 // vk_call_metadata returns the value of request metadata `key` (lower case)
 // and sets *out_len, or returns NULL if absent. For keys ending in "-bin" the

@@ -173,6 +173,8 @@ struct vk_call_s {
   size_t rbuf_cap;
   unsigned n_received;
   const ProtobufCMessage *unary_req;
+  const uint8_t *req_bytes;  // with method->keep_request_bytes (arena)
+  size_t req_len;
   bool last_compressed;
   bool client_gzip;  // request messages may be gzip-compressed
   bool client_accepts_gzip;

@@ -677,20 +677,20 @@ static void read_session(auth_ctx_t *a) {
   }
 }
 
-static bool digest_request(auth_ctx_t *a, const ProtobufCMessage *request) {
-  size_t len = protobuf_c_message_get_packed_size(request);
-  uint8_t *buf = vk_call_alloc(a->call, len ? len : 1);
-  if (buf == NULL) {
+// The tag covers the request's bytes as the vehicle sent them: no
+// re-serialization, so fields this build does not know are covered too.
+static bool digest_request(auth_ctx_t *a) {
+  size_t len;
+  const uint8_t *bytes = vk_call_request_bytes(a->call, &len);
+  if (bytes == NULL) {
     return false;
   }
-  protobuf_c_message_pack(request, buf);
-  SHA256(buf, len, a->digest);
+  SHA256(bytes, len, a->digest);
   return true;
 }
 
 void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
-                     const ProtobufCMessage *request, vk_session_done_fn done,
-                     void *arg) {
+                     vk_session_done_fn done, void *arg) {
   size_t len;
   const uint8_t *bin = vk_call_metadata(call, "x-vkey-session-bin", &len);
   const char *err = NULL;
@@ -723,8 +723,8 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
   a->auth = auth;
   memcpy(a->vin, vin, VK_VIN_LEN);  // the caller checked it: vk_vin_valid
   vk_call_ref(call);
-  if (!digest_request(a, request)) {
-    auth_end(a, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+  if (!digest_request(a)) {  // the method must set keep_request_bytes
+    auth_end(a, VK_GRPC_INTERNAL, "this method takes no session calls");
     return;
   }
   // The cached session counts only while no notification about the

@@ -47,13 +47,13 @@ void vk_session_open(vk_app_t *app, vk_call_t *call, const char *vin,
                      const uint8_t vehicle_public[32]);
 
 // vk_session_auth authenticates a session call: `x-vkey-session-bin` over
-// `request` (the decoded request message, re-serialized for the tag). On
-// success `done(call, true, arg)` runs; otherwise the call is finished
-// with UNAUTHENTICATED (with fresh session info in the trailers where the
-// vehicle can resynchronise) or UNAVAILABLE, and `done` runs with NULL.
+// the request message's bytes (the method sets keep_request_bytes). On
+// success `done` runs with the accepted call; otherwise the call is
+// finished with UNAUTHENTICATED (with fresh session info in the trailers
+// where the vehicle can resynchronise) or UNAVAILABLE, and `done` runs with
+// NULL.
 void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
-                     const ProtobufCMessage *request, vk_session_done_fn done,
-                     void *arg);
+                     vk_session_done_fn done, void *arg);
 
 // vk_session_has_auth tells whether the call carries session metadata.
 bool vk_session_has_auth(vk_call_t *call);

@@ -680,16 +680,16 @@ static void stage_commit(verify_req_t *r) {
     if (it->decided) {
       continue;
     }
+    if (it->bound_challenge && state_still_current(r, it)) {
+      it->decided = true;  // allowed: the session counter spent the challenge
+      continue;
+    }
     char key[VK_REDIS_KEY_MAX], chal[VK_REDIS_KEY_MAX];
     char suffix[8 + 2 * kMaxChallenge + 1];
     memcpy(suffix, "chal:", 5);
     vk_hex_encode(suffix + 5, it->in->challenge.data, it->in->challenge.len);
     vk_store_key(key, it->claims->key_id);
     vk_store_vehicle_sub(chal, r->vin, suffix);
-    if (it->bound_challenge && state_still_current(r, it)) {
-      it->decided = true;  // allowed: the session counter spent the challenge
-      continue;
-    }
     if (state_still_current(r, it)) {
       const char *argv[] = {"SET", chal, "1", "NX", "EX", kChallengeTtl};
       if (vk_redis_command_argv(r->app->redis, challenge_set, it, 6, argv,
@@ -839,8 +839,7 @@ static void after_bearer(vk_call_t *call, const vk_identity_t *who, void *arg) {
 }
 
 static void authenticate(vk_call_t *call, const char *vin, size_t cost,
-                         const ProtobufCMessage *req, authed_fn next,
-                         void *arg) {
+                         authed_fn next, void *arg) {
   auth_step_t *s = vk_call_alloc(call, sizeof(*s));
   if (s == NULL) {
     vk_call_finish(call, VK_GRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -851,7 +850,7 @@ static void authenticate(vk_call_t *call, const char *vin, size_t cost,
   s->vin = vin;
   s->cost = cost;
   if (vk_session_has_auth(call)) {
-    vk_session_auth(app_of(call), call, vin, req, after_session, s);
+    vk_session_auth(app_of(call), call, vin, after_session, s);
   } else {
     vk_auth_bearer(app_of(call), call, VK_ROLE_OPERATOR, false, after_bearer,
                    s);
@@ -906,7 +905,7 @@ static void verify_key_start(vk_call_t *call, const ProtobufCMessage *msg) {
   Vkey__V1__VerifyKeyItem *item = req->item;
   verify_req_t *r = new_request(call, req->vin, &item, item ? 1 : 0, false);
   if (r != NULL) {
-    authenticate(call, req->vin, 1, msg, start_verify, r);
+    authenticate(call, req->vin, 1, start_verify, r);
   }
 }
 
@@ -915,7 +914,7 @@ static void verify_keys_start(vk_call_t *call, const ProtobufCMessage *msg) {
       (const Vkey__V1__VerifyKeysRequest *)msg;
   verify_req_t *r = new_request(call, req->vin, req->items, req->n_items, true);
   if (r != NULL) {
-    authenticate(call, req->vin, req->n_items, msg, start_verify, r);
+    authenticate(call, req->vin, req->n_items, start_verify, r);
   }
 }
 
@@ -1079,7 +1078,7 @@ static void check_status_start(vk_call_t *call, const ProtobufCMessage *msg) {
   s->call = call;
   s->app = app_of(call);
   s->req = req;
-  authenticate(call, req->vin, req->n_key_ids, msg, check_status_authed, s);
+  authenticate(call, req->vin, req->n_key_ids, check_status_authed, s);
 }
 
 static const vk_method_t kMethods[] = {
@@ -1092,17 +1091,20 @@ static const vk_method_t kMethods[] = {
      .kind = VK_RPC_UNARY,
      .input = &vkey__v1__verify_key_request__descriptor,
      .output = &vkey__v1__verify_key_response__descriptor,
-     .on_start = verify_key_start},
+     .on_start = verify_key_start,
+     .keep_request_bytes = true},
     {.name = "VerifyKeys",
      .kind = VK_RPC_UNARY,
      .input = &vkey__v1__verify_keys_request__descriptor,
      .output = &vkey__v1__verify_keys_response__descriptor,
-     .on_start = verify_keys_start},
+     .on_start = verify_keys_start,
+     .keep_request_bytes = true},
     {.name = "CheckKeyStatus",
      .kind = VK_RPC_UNARY,
      .input = &vkey__v1__check_key_status_request__descriptor,
      .output = &vkey__v1__check_key_status_response__descriptor,
-     .on_start = check_status_start},
+     .on_start = check_status_start,
+     .keep_request_bytes = true},
 };
 
 const vk_service_t *vk_verify_service(vk_app_t *app) {

@@ -401,6 +401,29 @@ class VerifyTest(vkharness.ServerTestCase):
         self.assertEqual(check(), [F.KEY_STATUS_ACTIVE, F.KEY_STATUS_REVOKED,
                                    F.KEY_STATUS_UNSPECIFIED])
 
+    def test_session_tag_covers_the_bytes_as_sent(self):
+        # A newer vehicle may send a field this build does not know, in any
+        # order: the tag is over the bytes, not a re-serialization.
+        s = self.session()
+        req = R.CheckKeyStatusRequest(vin=VIN1,
+                                      key_ids=[self.owner_key.claims.key_id])
+        body = b"\xf8\x06\x01" + req.SerializeToString()  # field 111 first
+        md, _ = s.auth(verify_pb2, "/vkey.v1.VerifyService/CheckKeyStatus",
+                       body)
+        call = self.fleet.channel.unary_unary(
+            "/vkey.v1.VerifyService/CheckKeyStatus",
+            request_serializer=lambda b: b,
+            response_deserializer=R.CheckKeyStatusResponse.FromString)
+        resp = call(body, metadata=md, timeout=10)
+        self.assertEqual([k.status for k in resp.keys],
+                         [F.KEY_STATUS_ACTIVE])
+        # The same bytes with one changed do not verify.
+        tampered = b"\xf8\x06\x02" + req.SerializeToString()
+        with self.assertRaises(grpc.RpcError) as cm:
+            call(tampered, metadata=md, timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("tag", cm.exception.details())
+
     def test_garbage_fields(self):
         for req in (R.VerifyKeyRequest(vin="short"),
                     R.VerifyKeyRequest(vin=VIN1),

@@ -191,13 +191,16 @@ class VehicleSession:
         return info
 
     def auth(self, verify_pb2, path, request, counter=None, expires_at_ms=None):
-        """x-vkey-session-bin metadata for one call of `path`."""
+        """x-vkey-session-bin metadata for one call of `path`; `request` is
+        the message, or its bytes as they will be sent."""
         if counter is None:
             self.counter += 1
             counter = self.counter
         now = int(time.time() * 1000) + self.clock_offset_ms
         exp = now + 30000 if expires_at_ms is None else expires_at_ms
-        digest = hashlib.sha256(request.SerializeToString()).digest()
+        body = (request if isinstance(request, bytes)
+                else request.SerializeToString())
+        digest = hashlib.sha256(body).digest()
         msg = (REQUEST_CONTEXT + self.vin.encode() + b"\0" + path.encode()
                + b"\0" + self.epoch + struct.pack(">QQ", counter, exp)
                + digest)
