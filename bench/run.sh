@@ -452,6 +452,26 @@ bench_run() {
 # against. Verification is bounded by the signature limit available to the
 # server: (cores - load generator's share) x one-core verify rate; the rest
 # by the raw HTTP/2 rate.
+# run_against_rates NAME RUN TP GEN US: judges closed-loop run RUN (1-based)
+# of a signature scenario by the one-core rates measured just before and
+# just after it (RATES, SIGNS: their means), appending its limit, ratio,
+# signature floor and efficiency to LIMITS, RATIOS, FLOORS and EFFS.
+run_against_rates() {
+  local s=$1 r=$2 tp=$3 gen=$4 us=$5 rate sign
+  rate=$(calc "(${RATES[r - 1]} + ${RATES[r]}) / 2" 1)
+  sign=$(calc "(${SIGNS[r - 1]:-$ED_SIGN} + ${SIGNS[r]:-$ED_SIGN}) / 2" 1)
+  if [ "$s" = verify-p256 ]; then
+    RATE_P256=$rate
+  else
+    RATE_ED=$rate
+    RATE_SIGN=$sign
+  fi
+  LIMITS+=("$(scenario_limit "$s" "$gen")")
+  RATIOS+=("$(calc "$tp / ${LIMITS[-1]}" 3)")
+  FLOORS+=("$(scenario_floor "$s")")
+  EFFS+=("$(calc "${FLOORS[-1]} / $us" 3)")
+}
+
 scenario_limit() {
   case "$1" in
     verify) calc "($NCPU - $2) * ${RATE_ED:-$ED_VERIFY}" 0 ;;
@@ -761,19 +781,21 @@ for S in "${SCEN_LIST[@]}"; do
     W=$(calc "$WARMUP / 2" 1)
   fi
   read -r -a SARGS <<<"$(scenario_args "$S")"
-  # The verify rate on one core drifts with the host's load (by 2x within
-  # an hour on these VMs): measure it again just before and after this
-  # scenario's closed-loop runs, and judge them by the median of the three
-  # measurements.
+  # The verify rate on one core drifts with the host's speed (by 10-30%
+  # within seconds, 2x within an hour on these VMs): measure it before each
+  # closed-loop run and after the last, and judge each run by the mean of
+  # the two measurements around it (pairing, as the cross-check does). The
+  # ratios reported are the medians of the runs' own ratios.
   RATE_ED="" RATE_P256="" RATE_SIGN="" rate_op=""
   case "$S" in
     verify | verify-cold | share) rate_op="Ed25519 verify" ;;
     verify-p256) rate_op="ECDSA P-256 verify" ;;
   esac
+  RATES=() SIGNS=() LIMITS=() RATIOS=() FLOORS=() EFFS=()
   if [ -n "$rate_op" ]; then
-    rate_before=$(rate_now "$rate_op")
+    RATES+=("$(rate_now "$rate_op")")
     # The same bssl-tool run timed Ed25519 signing too (share signs).
-    sign_before=$(bssl_rate "$T/now.txt" "Ed25519 signing")
+    SIGNS+=("$(bssl_rate "$T/now.txt" "Ed25519 signing")")
   fi
   log "scenario $S: $REPEATS x ${D}s closed loop, -c $CONNS -m $STREAMS"
   # share counts operations (Authorize + Redeem), the others calls.
@@ -807,34 +829,31 @@ for S in "${SCEN_LIST[@]}"; do
     if [ -n "$reused" ] && [ "$reused" != 0 ]; then
       warn "$S: $reused requests reused a key (not cold)"
     fi
+    if [ -n "$rate_op" ]; then
+      RATES+=("$(rate_now "$rate_op")")
+      SIGNS+=("$(bssl_rate "$T/now.txt" "Ed25519 signing")")
+      run_against_rates "$S" "$r" "${TP[-1]}" "${GEN[-1]}" "${US[-1]}"
+    fi
   done
   if [ -n "$rate_op" ]; then
-    rate_after=$(rate_now "$rate_op")
-    sign_after=$(bssl_rate "$T/now.txt" "Ed25519 signing")
-    # One-second samples catch passing noise: the limit takes the median of
-    # the run's first measurement and these two.
-    if [ "$rate_op" = "Ed25519 verify" ]; then
-      RATE_ED=$(median "$ED_VERIFY" "$rate_before" "$rate_after")
-      rate_used=$RATE_ED
-    else
-      RATE_P256=$(median "$P256_VERIFY" "$rate_before" "$rate_after")
-      rate_used=$RATE_P256
-    fi
-    row "$S: $rate_op, 1 core, just before / after its runs; used (/s)" \
-      "$(calc "$rate_before" 0) / $(calc "$rate_after" 0); $(calc "$rate_used" 0)" \
-      "-" "-" "-" "-"
+    row "$S: $rate_op, 1 core, before each run and after the last (/s)" \
+      "$(printf '%.0f ' "${RATES[@]}")" "-" "-" "-" "-"
     if [ "$S" = share ]; then
-      RATE_SIGN=$(median "$ED_SIGN" "${sign_before:-$ED_SIGN}" "${sign_after:-$ED_SIGN}")
-      row "$S: Ed25519 signing, 1 core, just before / after its runs; used (/s)" \
-        "$(calc "${sign_before:-0}" 0) / $(calc "${sign_after:-0}" 0); $(calc "$RATE_SIGN" 0)" \
-        "-" "-" "-" "-"
+      row "$S: Ed25519 signing, 1 core, before each run and after the last (/s)" \
+        "$(printf '%.0f ' "${SIGNS[@]}")" "-" "-" "-" "-"
     fi
   fi
   tp=$(median "${TP[@]}")
   gen=$(median "${GEN[@]}")
   GEN0=${GEN0:-$gen}
   other=$(median "${OTHER[@]}")
-  limit=$(scenario_limit "$S" "$gen")
+  if [ -n "$rate_op" ]; then
+    limit=$(median "${LIMITS[@]}")
+    ratio=$(median "${RATIOS[@]}")
+  else
+    limit=$(scenario_limit "$S" "$gen")
+    ratio=$(calc "$tp / $limit" 3)
+  fi
   [ "$S" = verify ] && VERIFY_TP=$tp
   what="nghttpd rate"
   case "$S" in
@@ -843,7 +862,7 @@ for S in "${SCEN_LIST[@]}"; do
     share) what="signature limit, Ed25519 2 signs + 1 verify per operation" ;;
   esac
   row "$S throughput, vkey-bench ($unit) / $what" "$(calc "$tp" 0)" "$limit" \
-    "$(calc "$tp / $limit" 3)" "$gen" "$other"
+    "$ratio" "$gen" "$other"
   limit_all=$(scenario_limit_all "$S" "$gen")
   if [ -n "$limit_all" ]; then
     row "$S throughput / the same limit from the all-cores verify rate" \
@@ -865,12 +884,12 @@ for S in "${SCEN_LIST[@]}"; do
       "-" "-" "$gen" "$other"
   fi
   us=$(median "${US[@]}")
-  floor=$(scenario_floor "$S")
-  if [ -n "$floor" ]; then
+  if [ -n "$rate_op" ]; then
     # The request's public-key work is the floor of its CPU cost; the
-    # ratio is the efficiency.
-    row "$S vkeyd CPU per $per (us)" "$(calc "$us" 1)" "$floor (signatures)" \
-      "$(calc "$floor / $us" 3)" "$gen" "$other"
+    # ratio is the efficiency (the median of the runs' own).
+    row "$S vkeyd CPU per $per (us)" "$(calc "$us" 1)" \
+      "$(median "${FLOORS[@]}") (signatures)" "$(median "${EFFS[@]}")" \
+      "$gen" "$other"
   else
     row "$S vkeyd CPU per $per (us)" "$(calc "$us" 2)" "$RAW_US (nghttpd)" \
       "$(calc "$us / $RAW_US" 2)" "$gen" "$other"
