@@ -76,6 +76,7 @@ static const char kStoreScript[] =
 // A cached session: the MAC key in the clear, so it is wiped on eviction.
 typedef struct {
   char vin[VK_VIN_LEN + 1];  // "": empty
+  uint64_t vin_hash;         // vin_hash(vin): most misses end on it
   uint8_t epoch[kEpochLen];
   uint8_t key[kKeyLen];
   int64_t expires_at_ms;
@@ -141,18 +142,23 @@ void vk_sessions_free(vk_sessions_t *s) {
   free(s);
 }
 
-static session_slot_t *set_of(vk_sessions_t *s, const char *vin) {
-  uint64_t h = vk_table_hash(vin, strlen(vin));
-  return &s->slots[h % (s->n / SESSION_WAYS) * SESSION_WAYS];
+// A request hashes its VIN once (auth_ctx_t.vin_hash) for every lookup.
+static uint64_t vin_hash(const char *vin) {
+  return vk_table_hash(vin, strlen(vin));
 }
 
-// The live cached session (vin, epoch), or NULL.
+static session_slot_t *set_of(vk_sessions_t *s, uint64_t hash) {
+  return &s->slots[hash % (s->n / SESSION_WAYS) * SESSION_WAYS];
+}
+
+// The live cached session (vin, epoch), or NULL. `hash` is vin_hash(vin).
 static session_slot_t *find_slot(vk_sessions_t *s, const char *vin,
+                                 uint64_t hash,
                                  const uint8_t epoch[kEpochLen]) {
-  session_slot_t *set = set_of(s, vin);
+  session_slot_t *set = set_of(s, hash);
   for (size_t i = 0; i < SESSION_WAYS; i++) {
     session_slot_t *e = &set[i];
-    if (strcmp(e->vin, vin) == 0 &&
+    if (e->vin_hash == hash && strcmp(e->vin, vin) == 0 &&
         CRYPTO_memcmp(e->epoch, epoch, kEpochLen) == 0 &&
         e->expires_at_ms > vk_wall_ms()) {
       e->used = ++s->tick;
@@ -193,11 +199,11 @@ static void release_lease(vk_sessions_t *s, const session_slot_t *e) {
 
 // Caches a session Redis just confirmed as the vehicle's current one. The
 // lease survives when the slot already holds this very session.
-static void install_slot(vk_sessions_t *s, const char *vin,
+static void install_slot(vk_sessions_t *s, const char *vin, uint64_t hash,
                          const uint8_t epoch[kEpochLen],
                          const uint8_t key[kKeyLen], int64_t expires_at_ms,
                          uint64_t stamp) {
-  session_slot_t *set = set_of(s, vin);
+  session_slot_t *set = set_of(s, hash);
   session_slot_t *victim = &set[0];
   for (size_t i = 0; i < SESSION_WAYS; i++) {
     session_slot_t *e = &set[i];
@@ -218,6 +224,7 @@ static void install_slot(vk_sessions_t *s, const char *vin,
     HMAC_CTX_free(victim->mac);
     OPENSSL_cleanse(victim, sizeof(*victim));
     memcpy(victim->vin, vin, VK_VIN_LEN + 1);
+    victim->vin_hash = hash;
     memcpy(victim->epoch, epoch, kEpochLen);
     memcpy(victim->key, key, kKeyLen);
     victim->mac = HMAC_CTX_new();
@@ -414,6 +421,7 @@ typedef struct {
   vk_session_done_fn done;
   void *arg;
   char vin[VK_VIN_LEN + 1];
+  uint64_t vin_hash;
   const Vkey__V1__SessionAuth *auth;
   uint8_t digest[SHA256_DIGEST_LENGTH];  // of the request message
   uint8_t key[kKeyLen];
@@ -447,7 +455,7 @@ static void auth_end(auth_ctx_t *a, vk_grpc_status_t status, const char *msg) {
 // The lease this request's counter is decided in.
 static vk_counter_lease_t *lease_of(auth_ctx_t *a) {
   session_slot_t *slot =
-      find_slot(a->app->sessions, a->vin, a->auth->epoch.data);
+      find_slot(a->app->sessions, a->vin, a->vin_hash, a->auth->epoch.data);
   return slot != NULL ? &slot->lease : &a->lone;
 }
 
@@ -598,7 +606,7 @@ static bool tag_matches(const auth_ctx_t *a, HMAC_CTX *mac, bool keyed) {
 
 static bool tag_verifies(const auth_ctx_t *a) {
   session_slot_t *slot =
-      find_slot(a->app->sessions, a->vin, a->auth->epoch.data);
+      find_slot(a->app->sessions, a->vin, a->vin_hash, a->auth->epoch.data);
   if (slot != NULL && slot->mac != NULL) {
     return tag_matches(a, slot->mac, true);
   }
@@ -659,8 +667,8 @@ static void session_loaded(vk_redis_t *r, int status, const redisReply *reply,
              "session");
     return;
   }
-  install_slot(a->app->sessions, a->vin, a->auth->epoch.data, a->key,
-               a->session_expires_at_ms, a->stamp);
+  install_slot(a->app->sessions, a->vin, a->vin_hash, a->auth->epoch.data,
+               a->key, a->session_expires_at_ms, a->stamp);
   if (a->confirm) {
     auth_end(a, VK_GRPC_OK, NULL);  // tag and counter passed already
     return;
@@ -722,6 +730,7 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
   a->arg = arg;
   a->auth = auth;
   memcpy(a->vin, vin, VK_VIN_LEN);  // the caller checked it: vk_vin_valid
+  a->vin_hash = vin_hash(a->vin);
   vk_call_ref(call);
   if (!digest_request(a)) {  // the method must set keep_request_bytes
     auth_end(a, VK_GRPC_INTERNAL, "this method takes no session calls");
@@ -730,7 +739,8 @@ void vk_session_auth(vk_app_t *app, vk_call_t *call, const char *vin,
   // The cached session counts only while no notification about the
   // vehicle arrived since Redis confirmed it (and the feed is healthy).
   uint64_t stamp = vk_verify_cache_vehicle_stamp(app->verify_cache, vin);
-  session_slot_t *slot = find_slot(app->sessions, vin, auth->epoch.data);
+  session_slot_t *slot =
+      find_slot(app->sessions, vin, a->vin_hash, auth->epoch.data);
   if (slot != NULL && stamp != 0 && slot->stamp == stamp) {
     memcpy(a->key, slot->key, kKeyLen);
     a->session_expires_at_ms = slot->expires_at_ms;
