@@ -736,7 +736,11 @@ static int32_t submit_call(conn_t *c, stream_t *s) {
         VK_NV(src->hdrs[i].name, src->hdrs[i].value, src->hdrs[i].value_len);
   }
   if (req->hdr.name != NULL) {
-    nva[n++] = VK_NV(req->hdr.name, req->hdr.value, req->hdr.value_len);
+    // A request's own credential (a session tag, an assertion) is new in
+    // every request: indexing it would only push the headers that do
+    // repeat out of both ends' HPACK tables, as gRPC's encoders know.
+    nva[n] = VK_NV(req->hdr.name, req->hdr.value, req->hdr.value_len);
+    nva[n++].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
   }
 #undef VK_NV
   nghttp2_data_provider prd;
