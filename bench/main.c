@@ -107,10 +107,12 @@ static int start_signers(signed_t *sg, char *err, size_t errlen,
     uint32_t cap = cfg->scenario->kind == VK_BENCH_KIND_CONNECT
                        ? sg->fleet.n
                        : cfg->params.ring;
+    // An open loop's signers build about 2 s ahead (fill_limit): they can
+    // wait for idle CPU. A closed loop's keep pace with the server.
     int rv = vk_bench_signer_start(
         &sg->signers[i], cap,
         cfg->scenario->kind == VK_BENCH_KIND_CONNECT ? cap : fill_limit(cfg, n),
-        vk_bench_work_make, w);
+        cfg->rate > 0, vk_bench_work_make, w);
     if (rv != VK_OK) {
       snprintf(err, errlen, "cannot start a signer thread: %s",
                vk_strerror(rv));

@@ -65,9 +65,11 @@ typedef struct vk_bench_signer_s vk_bench_signer_t;
 
 // vk_bench_signer_start starts a thread that keeps a ring of `cap` slots
 // filled up to `limit` with make(ctx, slot). `ctx` is the thread's alone
-// until vk_bench_signer_stop. Returns 0, VK_ENOMEM or VK_EIO.
+// until vk_bench_signer_stop. A `background` thread runs at nice 10: an
+// open loop's signers build seconds ahead and must not preempt the server
+// under test. Returns 0, VK_ENOMEM or VK_EIO.
 int vk_bench_signer_start(vk_bench_signer_t **out, uint32_t cap, uint32_t limit,
-                          vk_bench_make_fn make, void *ctx);
+                          int background, vk_bench_make_fn make, void *ctx);
 
 vk_bench_ring_t *vk_bench_signer_ring(vk_bench_signer_t *s);
 

@@ -931,7 +931,7 @@ int CountingMake(void *ctx, vk_bench_slot_t *slot) {
 TEST(BenchSigner, ThreadFillsTheRingInOrder) {
   Counter c;
   vk_bench_signer_t *s = nullptr;
-  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, 64, 16, CountingMake, &c));
+  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, 64, 16, 0, CountingMake, &c));
   vk_bench_ring_t *r = vk_bench_signer_ring(s);
   uint64_t want = 0;
   while (want < 1000) {
@@ -953,7 +953,7 @@ TEST(BenchSigner, ThreadFillsTheRingInOrder) {
 
   Counter few;
   few.stop_at = 5;
-  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, 64, 64, CountingMake, &few));
+  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, 64, 64, 1, CountingMake, &few));
   do {
     vk_bench_signer_stats(s, &st);
   } while (!st.finished);
