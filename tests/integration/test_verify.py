@@ -339,6 +339,16 @@ class VerifyTest(vkharness.ServerTestCase):
         res, _ = self.session_verify(
             s, item(self.owner_key, self.phone, challenge=short))
         self.assertDenied(res, R.DENY_REASON_CHALLENGE_MISMATCH)
+        # A key with a use limit takes the commit script, which counts the
+        # use and, for a bound challenge, records nothing.
+        once = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_ONE_TIME)
+        for want in (R.DECISION_ALLOW, R.DECISION_DENY):
+            n = s.counter + 1
+            res, _ = self.session_verify(s, item(
+                once, self.phone,
+                challenge=vkcreds.bound_challenge(s.epoch, n, 0)))
+            self.assertEqual(res.decision, want, res.detail)
+        self.assertDenied(res, R.DENY_REASON_USES_EXHAUSTED)
         # Outside a session there is no call to bind to.
         res = self.verify(self.bound_item(s))
         self.assertDenied(res, R.DENY_REASON_CHALLENGE_MISMATCH)
@@ -643,6 +653,19 @@ class TwoInstanceTest(vkharness.ServerTestCase):
                 stub.VerifyKey(req, metadata=md, timeout=10)
             self.assertEqual(cm.exception.code(),
                              grpc.StatusCode.UNAUTHENTICATED)
+        # A one-time key goes through the commit script: it counts the use
+        # and leaves no record of a bound challenge either.
+        once = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_ONE_TIME)
+        bound = vkcreds.bound_challenge(s.epoch, s.counter + 1, 0)
+        req = R.VerifyKeyRequest(vin=VIN1, item=item(once, self.phone,
+                                                     challenge=bound))
+        md, _ = s.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKey", req)
+        res = self.fleet.verify.VerifyKey(req, metadata=md, timeout=10).result
+        self.assertEqual(res.decision, R.DECISION_ALLOW, res.detail)
+        self.assertEqual(self.redis_cli("EXISTS", chal_key + bound.hex()), "0")
+        self.assertEqual(self.redis_cli(
+            "HGET", f"vk:veh:{{{VIN1}}}:key:{once.claims.key_id}", "uses"),
+            "1")
 
     def verify_on_item(self, stub, it):
         return stub.VerifyKey(R.VerifyKeyRequest(vin=VIN1, item=it),
