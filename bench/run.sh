@@ -969,7 +969,7 @@ connect_shape() {
     if [ "$fl" != 0 ]; then
       # Keep what explains it: the run's own logs go with $T.
       warn "connect: $fl channels failed: $(jget "$f" first_error)"
-      tail -5 "$T/connect-$name-$r.log" "$DATA/redis.log" >&2 || true
+      tail -n 5 "$T/connect-$name-$r.log" "$DATA/redis.log" >&2 || true
     fi
     stop_vkeyd
   done

@@ -41,7 +41,9 @@ typedef struct {
   // "redis://host:port" (host may be a name, an IPv4 literal or a bracketed
   // IPv6 literal), "unix:/path/to/sock" or "unix:///path/to/sock".
   const char *url;
-  // Deadline of each command, counted from vk_redis_command; also the
+  // The connection is judged stuck, and dropped, when a command has waited
+  // this long and no reply at all came meanwhile (a command waits for the
+  // commands ahead of it: a deep pipeline is slow, not stuck); also the
   // deadline of each connect attempt. 0 = 2000.
   uint32_t command_timeout_ms;
   // The wait before reconnecting grows exponentially from reconnect_min_ms
@@ -64,8 +66,9 @@ typedef struct {
 //                reply (e.g. WRONGTYPE), which is the caller's to judge.
 //   VK_EUNAVAIL  the connection was lost before the reply arrived; the
 //                command may or may not have been executed.
-//   VK_ETIMEDOUT no reply within command_timeout_ms (the connection is then
-//                dropped and remade); the command may have been executed.
+//   VK_ETIMEDOUT no reply to any command for command_timeout_ms while this
+//                one waited (the connection is then dropped and remade);
+//                the command may have been executed.
 //   VK_ECLOSED   vk_redis_free was called before the reply arrived.
 // `reply` is NULL unless status is 0, and is valid only during the callback
 // (hiredis frees it afterwards). The callback may call vk_redis_command and

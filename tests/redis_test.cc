@@ -438,6 +438,42 @@ TEST_F(RedisTest, CommandBeforeConnectIsUnavailable) {
   EXPECT_EQ(0, res.calls);
 }
 
+// A pipeline that takes longer than the timeout to drain, with replies
+// coming all along, is slow, not stuck: nothing is dropped.
+TEST_F(RedisTest, SlowPipelineIsNotStuck) {
+  int port = FreePort();
+  server_.Start(port, dir_);
+  State state;
+  vk_redis_t *r =
+      Connect("redis://127.0.0.1:" + std::to_string(port), &state, 300);
+  ASSERT_NE(nullptr, r);
+  ASSERT_TRUE(PingUntilOk(r));
+  // Each script keeps Redis busy for 50 ms: 16 of them take 800 ms, the
+  // last one's reply comes long after its own 300 ms. The padding makes
+  // each command longer than one of Redis's 16 KiB reads, so Redis answers
+  // them one by one instead of all 16 at the end.
+  const char *spin =
+      "local t = redis.call('TIME') "
+      "local start = t[1] * 1000000 + t[2] "
+      "repeat t = redis.call('TIME') "
+      "until t[1] * 1000000 + t[2] - start >= 50000 return 1";
+  const std::string pad(24 * 1024, 'x');
+  Result res[16];
+  for (Result &x : res) {
+    ASSERT_EQ(0, vk_redis_command(r, OnReply, &x, "EVAL %s 0 %b", spin,
+                                  pad.data(), pad.size()));
+  }
+  ASSERT_TRUE(RunUntil([&] { return res[15].calls > 0; }));
+  for (const Result &x : res) {
+    EXPECT_EQ(1, x.calls);
+    EXPECT_EQ(0, x.status);
+    EXPECT_EQ(REDIS_REPLY_INTEGER, x.type);
+  }
+  EXPECT_EQ(0, state.downs);
+  vk_redis_free(r);
+  CloseLoop();
+}
+
 TEST_F(RedisTest, SetGetRoundTrip) {
   int port = FreePort();
   server_.Start(port, dir_);
