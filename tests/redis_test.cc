@@ -280,6 +280,19 @@ class RedisTest : public ::testing::Test {
     return res;
   }
 
+  // StartAndConnect starts the fixture's Redis and connects to it with a
+  // command timeout of `timeout_ms`, once it answers.
+  vk_redis_t *StartAndConnect(State *state, uint32_t timeout_ms) {
+    int port = FreePort();
+    server_.Start(port, dir_);
+    vk_redis_t *r =
+        Connect("redis://127.0.0.1:" + std::to_string(port), state, timeout_ms);
+    if (r != nullptr) {
+      EXPECT_TRUE(PingUntilOk(r));
+    }
+    return r;
+  }
+
   // PingUntilOk retries PING, waiting for reconnects, until Redis answers.
   bool PingUntilOk(vk_redis_t *r) {
     for (int i = 0; i < 100; i++) {
@@ -441,13 +454,9 @@ TEST_F(RedisTest, CommandBeforeConnectIsUnavailable) {
 // A pipeline that takes longer than the timeout to drain, with replies
 // coming all along, is slow, not stuck: nothing is dropped.
 TEST_F(RedisTest, SlowPipelineIsNotStuck) {
-  int port = FreePort();
-  server_.Start(port, dir_);
   State state;
-  vk_redis_t *r =
-      Connect("redis://127.0.0.1:" + std::to_string(port), &state, 300);
+  vk_redis_t *r = StartAndConnect(&state, 300);
   ASSERT_NE(nullptr, r);
-  ASSERT_TRUE(PingUntilOk(r));
   // Each script keeps Redis busy for 50 ms: 16 of them take 800 ms, the
   // last one's reply comes long after its own 300 ms. The padding makes
   // each command longer than one of Redis's 16 KiB reads, so Redis answers
@@ -613,13 +622,9 @@ TEST_F(RedisTest, ReconnectsAfterRedisRestarts) {
 }
 
 TEST_F(RedisTest, StuckRedisTimesOutAndRecovers) {
-  int port = FreePort();
-  server_.Start(port, dir_);
   State state;
-  vk_redis_t *r =
-      Connect("redis://127.0.0.1:" + std::to_string(port), &state, 300);
+  vk_redis_t *r = StartAndConnect(&state, 300);
   ASSERT_NE(nullptr, r);
-  ASSERT_TRUE(PingUntilOk(r));
 
   server_.Signal(SIGSTOP);
   Result a, b;

@@ -628,16 +628,23 @@ class TwoInstanceTest(vkharness.ServerTestCase):
         status, err, _ = self.check_on(self.fleet.verify, s, key_id)
         self.assertIsNone(err)
 
-    def test_bound_challenge_is_spent_by_its_call_alone(self):
-        rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
-        s = vkcreds.VehicleSession(VIN1, self.fleet.vehicle_keys[VIN1])
-        s.open(self.fleet.verify, verify_pb2, self.fleet.issuer_public)
+    def verify_bound_on_a(self, s, rec):
+        """Verifies `rec` through A in session s, with a challenge bound to
+        the call; checks it is allowed. Returns the request, metadata and
+        challenge."""
         bound = vkcreds.bound_challenge(s.epoch, s.counter + 1, 0)
         req = R.VerifyKeyRequest(vin=VIN1, item=item(rec, self.phone,
                                                      challenge=bound))
         md, _ = s.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKey", req)
         res = self.fleet.verify.VerifyKey(req, metadata=md, timeout=10).result
         self.assertEqual(res.decision, R.DECISION_ALLOW, res.detail)
+        return req, md, bound
+
+    def test_bound_challenge_is_spent_by_its_call_alone(self):
+        rec = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_SHARED)
+        s = vkcreds.VehicleSession(VIN1, self.fleet.vehicle_keys[VIN1])
+        s.open(self.fleet.verify, verify_pb2, self.fleet.issuer_public)
+        req, md, bound = self.verify_bound_on_a(s, rec)
         # No record of it in Redis, unlike a random challenge's ...
         chal_key = f"vk:veh:{{{VIN1}}}:chal:"
         self.assertEqual(self.redis_cli("EXISTS", chal_key + bound.hex()), "0")
@@ -656,12 +663,7 @@ class TwoInstanceTest(vkharness.ServerTestCase):
         # A one-time key goes through the commit script: it counts the use
         # and leaves no record of a bound challenge either.
         once = self.fleet.apply(self.phone, key_type=F.KEY_TYPE_ONE_TIME)
-        bound = vkcreds.bound_challenge(s.epoch, s.counter + 1, 0)
-        req = R.VerifyKeyRequest(vin=VIN1, item=item(once, self.phone,
-                                                     challenge=bound))
-        md, _ = s.auth(verify_pb2, "/vkey.v1.VerifyService/VerifyKey", req)
-        res = self.fleet.verify.VerifyKey(req, metadata=md, timeout=10).result
-        self.assertEqual(res.decision, R.DECISION_ALLOW, res.detail)
+        _, _, bound = self.verify_bound_on_a(s, once)
         self.assertEqual(self.redis_cli("EXISTS", chal_key + bound.hex()), "0")
         self.assertEqual(self.redis_cli(
             "HGET", f"vk:veh:{{{VIN1}}}:key:{once.claims.key_id}", "uses"),
