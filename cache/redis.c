@@ -399,22 +399,37 @@ static void on_retry_timer(uv_timer_t *t) {
 
 // ------------------------------------------------------------- command half
 
-static void on_cmd_timer(uv_timer_t *t) {
-  vk_redis_t *r = vk_container_of(t, vk_redis_t, cmd_timer);
-  vk__redis_cmd_t *oldest = r->head;
-  if (oldest == NULL) {
-    return;
-  }
-  uint64_t now = uv_now(r->loop);
-  // The oldest command waited for the replies to the commands ahead of it:
-  // a deep pipeline (19,000 vehicles opening channels at once) drains
-  // slowly but is not stuck. Only time without any reply counts.
-  uint64_t due = oldest->deadline;
+// When the oldest pending command is due: its deadline, or later if a
+// reply came since. A command waits for the replies to the commands ahead
+// of it: a deep pipeline (19,000 vehicles opening channels at once) drains
+// slowly but is not stuck. Only time without any reply counts.
+static uint64_t oldest_due(const vk_redis_t *r) {
+  uint64_t due = r->head->deadline;
   if (r->last_reply_at + r->timeout_ms > due) {
     due = r->last_reply_at + r->timeout_ms;
   }
-  if (due > now) {
-    uv_timer_start(&r->cmd_timer, on_cmd_timer, due - now, 0);
+  return due;
+}
+
+static void on_cmd_timer(uv_timer_t *t) {
+  vk_redis_t *r = vk_container_of(t, vk_redis_t, cmd_timer);
+  if (r->head == NULL) {
+    return;
+  }
+  uint64_t now = uv_now(r->loop);
+  if (oldest_due(r) <= now && r->ac != NULL) {
+    // Timers run before I/O in a loop iteration: after a long iteration
+    // (thousands of connections accepted at once) the replies may be in
+    // the socket already, unread. Read them before judging. This may run
+    // reply callbacks, which may free `r` (it stays allocated until its
+    // timers' close callbacks) or drop the connection.
+    redisAsyncHandleRead(r->ac);
+    if (r->closing || r->head == NULL) {
+      return;
+    }
+  }
+  if (oldest_due(r) > now) {
+    uv_timer_start(&r->cmd_timer, on_cmd_timer, oldest_due(r) - now, 0);
     return;
   }
   // Replies come in order, so nothing behind the oldest command can be

@@ -483,6 +483,30 @@ TEST_F(RedisTest, SlowPipelineIsNotStuck) {
   CloseLoop();
 }
 
+// A loop that was busy elsewhere for longer than the timeout finds the
+// reply waiting in the socket: the command timer reads it rather than
+// dropping a connection that answered.
+TEST_F(RedisTest, BusyLoopReadsTheReplyBeforeJudging) {
+  State state;
+  vk_redis_t *r = StartAndConnect(&state, 300);
+  ASSERT_NE(nullptr, r);
+  Result res;
+  ASSERT_EQ(0, vk_redis_command(r, OnReply, &res, "PING"));
+  uv_run(&loop_, UV_RUN_NOWAIT);  // writes the command
+  usleep(500 * 1000);             // the loop thread is busy elsewhere
+  // Without blocking in the poll: the reply must come from the timer.
+  for (int i = 0; i < 2000 && res.calls == 0; i++) {
+    uv_run(&loop_, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ASSERT_EQ(1, res.calls);
+  EXPECT_EQ(0, res.status);
+  EXPECT_EQ("PONG", res.str);
+  EXPECT_EQ(0, state.downs);
+  vk_redis_free(r);
+  CloseLoop();
+}
+
 TEST_F(RedisTest, SetGetRoundTrip) {
   int port = FreePort();
   server_.Start(port, dir_);
