@@ -31,6 +31,7 @@ typedef enum {
   OPT_SEED,
   OPT_SIGNERS,
   OPT_RING,
+  OPT_PREBUILD,
   OPT_COLD_KEYS,
   OPT_SOURCES,
   OPT_PUSH,
@@ -66,6 +67,7 @@ static const opt_t kOpts[] = {
     {0, "seed", 1, OPT_SEED},
     {0, "signers", 1, OPT_SIGNERS},
     {0, "ring", 1, OPT_RING},
+    {0, "prebuild", 1, OPT_PREBUILD},
     {0, "cold-keys", 1, OPT_COLD_KEYS},
     {0, "sources", 1, OPT_SOURCES},
     {0, "push", 1, OPT_PUSH},
@@ -241,6 +243,7 @@ static int apply_count(vk_bench_config_t *cfg, char *err, size_t errlen,
       {OPT_SEED, 0, 99999999},
       {OPT_SIGNERS, 1, VK_BENCH_MAX_SIGNERS},
       {OPT_RING, 16, 1u << 20},
+      {OPT_PREBUILD, 1, 2000000},
       {OPT_COLD_KEYS, 1, 10000000},
       {OPT_SOURCES, 1, 250},
       {OPT_PUSH, 0, VK_BENCH_MAX_VEHICLES},
@@ -271,6 +274,9 @@ static int apply_count(vk_bench_config_t *cfg, char *err, size_t errlen,
       break;
     case OPT_RING:
       p->ring = v;
+      break;
+    case OPT_PREBUILD:
+      p->prebuild = v;
       break;
     case OPT_COLD_KEYS:
       p->cold_keys = v;
@@ -394,6 +400,7 @@ static int apply(vk_bench_config_t *cfg, parse_state_t *st, char *err,
     case OPT_SEED:
     case OPT_SIGNERS:
     case OPT_RING:
+    case OPT_PREBUILD:
     case OPT_COLD_KEYS:
     case OPT_SOURCES:
     case OPT_PUSH:
@@ -523,6 +530,13 @@ int vk_bench_args_parse(vk_bench_config_t *cfg, char *err, size_t errlen,
                   name);
     }
   }
+  if (cfg->params.prebuild > 0 && (sc->workload == VK_BENCH_WORK_POOL ||
+                                   sc->kind == VK_BENCH_KIND_CONNECT)) {
+    return fail(err, errlen,
+                "--prebuild: scenario '%s' has no signed requests to build "
+                "ahead",
+                name);
+  }
   if (sc->kind == VK_BENCH_KIND_CONNECT) {
     // -m is vehicles per connection here: one each unless told.
     if (!st.seen_streams) {
@@ -586,6 +600,11 @@ void vk_bench_usage(FILE *out) {
       "      --signers N       signing threads (default 1)\n"
       "      --ring N          requests kept ready per signer (default "
       "16384)\n"
+      "      --prebuild N      build N requests in all before the run and "
+      "none\n"
+      "                        in it (the phones' signatures are not the\n"
+      "                        server's work); the window ends early if they\n"
+      "                        run out\n"
       "      --cold-keys N     verify-cold: keys made for the run, each used\n"
       "                        once (default 50000)\n"
       "connect (-m is vehicles per connection, default 1; -c is derived):\n"

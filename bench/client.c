@@ -825,10 +825,48 @@ static void conn_fill(conn_t *c) {
   }
 }
 
+// requests_exhausted: a prebuilt run's signers have all finished and every
+// ring is empty: no request will come any more.
+static int requests_exhausted(const bench_t *b) {
+  if (b->cfg->params.prebuild == 0 || b->src->n_signers == 0) {
+    return 0;
+  }
+  for (size_t i = 0; i < b->src->n_signers; i++) {
+    vk_bench_signer_stats_t st;
+    vk_bench_signer_stats(b->src->signers[i], &st);
+    if (!st.finished ||
+        vk_bench_ring_level(vk_bench_signer_ring(b->src->signers[i])) > 0) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+// ran_out ends a prebuilt run whose requests are all sent: the window is
+// cut short there (its rate is still the rate it measured), or, before the
+// window, the run fails.
+static void ran_out(bench_t *b) {
+  if (b->phase == PHASE_MEASURE) {
+    b->res->ran_out = 1;
+    b->res->ran_out_s = (double)(uv_hrtime() - b->window_start_ns) / 1e9;
+    end_window(b);
+  } else {
+    set_error(b, VK_EINVAL,
+              "the %u prebuilt requests ran out before the measured window: "
+              "give --prebuild more",
+              b->cfg->params.prebuild);
+  }
+  bench_shutdown(b);
+}
+
 static void on_starve_timer(uv_timer_t *t) {
   bench_t *b = vk_container_of(t, bench_t, starve_timer);
   b->starved = 0;
   if (b->shutting_down) {
+    return;
+  }
+  if (requests_exhausted(b)) {
+    ran_out(b);
     return;
   }
   if (b->open_loop) {

@@ -67,10 +67,14 @@ static void provision_opts(vk_bench_provision_t *p,
   p->quiet = cfg->quiet;
 }
 
-// fill_limit: how far ahead the signers build. A closed loop takes all it
-// can; an open loop at R/s needs about 2 s worth, and a longer lookahead
-// would only age requests.
+// fill_limit: how far ahead each signer builds. A prebuilt run builds all
+// its share before the window; otherwise a closed loop takes all it can,
+// and an open loop at R/s needs about 2 s worth (a longer lookahead would
+// only age requests).
 static uint32_t fill_limit(const vk_bench_config_t *cfg, uint32_t signers) {
+  if (cfg->params.prebuild > 0) {
+    return (cfg->params.prebuild + signers - 1) / signers;
+  }
   uint32_t ring = cfg->params.ring;
   if (cfg->rate <= 0) {
     return ring;
@@ -89,6 +93,23 @@ typedef struct {
   uint32_t n;
 } signed_t;
 
+// signer_opts: a connect run's single signer makes one assertion per
+// vehicle; a prebuilt run's signers make their share and stop; the others
+// keep their rings filled, an open loop's at low priority (they build
+// about 2 s ahead and can wait for idle CPU), a closed loop's at the
+// server's pace.
+static vk_bench_signer_opts_t signer_opts(const vk_bench_config_t *cfg,
+                                          const signed_t *sg, uint32_t n) {
+  if (cfg->scenario->kind == VK_BENCH_KIND_CONNECT) {
+    return (vk_bench_signer_opts_t){sg->fleet.n, sg->fleet.n, 0, 0};
+  }
+  uint32_t limit = fill_limit(cfg, n);
+  if (cfg->params.prebuild > 0) {
+    return (vk_bench_signer_opts_t){limit, limit, limit, 0};
+  }
+  return (vk_bench_signer_opts_t){cfg->params.ring, limit, 0, cfg->rate > 0};
+}
+
 static int start_signers(signed_t *sg, char *err, size_t errlen,
                          const vk_bench_config_t *cfg) {
   uint32_t n = cfg->params.signers;
@@ -104,15 +125,9 @@ static int start_signers(signed_t *sg, char *err, size_t errlen,
     w->work = cfg->scenario->workload;
     w->first = i;
     w->stride = n;
-    uint32_t cap = cfg->scenario->kind == VK_BENCH_KIND_CONNECT
-                       ? sg->fleet.n
-                       : cfg->params.ring;
-    // An open loop's signers build about 2 s ahead (fill_limit): they can
-    // wait for idle CPU. A closed loop's keep pace with the server.
-    int rv = vk_bench_signer_start(
-        &sg->signers[i], cap,
-        cfg->scenario->kind == VK_BENCH_KIND_CONNECT ? cap : fill_limit(cfg, n),
-        cfg->rate > 0, vk_bench_work_make, w);
+    vk_bench_signer_opts_t opts = signer_opts(cfg, sg, n);
+    int rv =
+        vk_bench_signer_start(&sg->signers[i], &opts, vk_bench_work_make, w);
     if (rv != VK_OK) {
       snprintf(err, errlen, "cannot start a signer thread: %s",
                vk_strerror(rv));
@@ -123,13 +138,15 @@ static int start_signers(signed_t *sg, char *err, size_t errlen,
   return VK_OK;
 }
 
-// wait_rings_full waits (at most 60 s) until every ring holds its fill
-// limit, so that the window starts in the steady state: from then on the
-// signers build as many requests as the loop takes, and their CPU in the
-// window is the cost of the requests sent in it.
-static void wait_rings_full(const signed_t *sg, uint32_t limit, int quiet) {
+// wait_rings_full waits until every ring holds its fill limit, so that the
+// window starts in the steady state: from then on the signers build as
+// many requests as the loop takes, and their CPU in the window is the cost
+// of the requests sent in it. A prebuilt run waits for every request; the
+// others wait at most 60 s.
+static void wait_rings_full(const signed_t *sg, uint32_t limit,
+                            const vk_bench_config_t *cfg) {
   struct timespec nap = {0, 10 * 1000 * 1000};
-  for (int tries = 0; tries < 6000; tries++) {
+  for (int tries = 0; tries < 6000 || cfg->params.prebuild > 0; tries++) {
     int full = 1;
     for (uint32_t i = 0; i < sg->n && full; i++) {
       vk_bench_signer_stats_t st;
@@ -140,7 +157,7 @@ static void wait_rings_full(const signed_t *sg, uint32_t limit, int quiet) {
     if (full) {
       return;
     }
-    if (tries == 100 && !quiet) {
+    if (tries == 100 && !cfg->quiet) {
       fprintf(stderr,
               "vkey-bench: waiting for the signers to fill their "
               "rings\n");
@@ -276,7 +293,7 @@ static int run_signed(vk_bench_config_t *cfg) {
       src.next = vk_bench_share_next;
       src.next_ctx = &sg->fleet;
     }
-    wait_rings_full(sg, fill_limit(cfg, sg->n), cfg->quiet);
+    wait_rings_full(sg, fill_limit(cfg, sg->n), cfg);
     status = run_and_report(cfg, &src, sg);
   }
   stop_signers(sg);

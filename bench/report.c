@@ -202,6 +202,15 @@ void vk_bench_report_text(FILE *out, const vk_bench_config_t *cfg,
             (unsigned long long)r->taken_in_window, r->ring_start, r->ring_end,
             r->ring_capacity, (unsigned long long)r->ring_dry,
             (unsigned long long)r->stale);
+    if (cfg->params.prebuild > 0 && r->ran_out) {
+      fprintf(out,
+              "prebuilt     %u requests before the run: all sent %.2f s into"
+              " the window, which ended there\n",
+              cfg->params.prebuild, r->ran_out_s);
+    } else if (cfg->params.prebuild > 0) {
+      fprintf(out, "prebuilt     %u requests before the run\n",
+              cfg->params.prebuild);
+    }
     if (r->keys_reused > 0) {
       fprintf(out,
               "WARNING      %llu requests reused a key already verified "
@@ -343,13 +352,14 @@ void vk_bench_report_json(FILE *out, const vk_bench_config_t *cfg,
             ",\"signers\":{\"threads\":%u,\"cpu_s\":%.3f,\"cpu_cores\":%.4f,"
             "\"built\":%llu,\"sent\":%llu,\"ring_start\":%u,\"ring_end\":%u,"
             "\"ring_capacity\":%u,\"ring_empty\":%llu,\"stale\":%llu,"
-            "\"keys_reused\":%llu}",
+            "\"keys_reused\":%llu,\"prebuilt\":%u,\"ran_out\":%s}",
             r->signers, r->signer_cpu_s,
             r->elapsed_s > 0 ? r->signer_cpu_s / r->elapsed_s : 0.0,
             (unsigned long long)r->signed_in_window,
             (unsigned long long)r->taken_in_window, r->ring_start, r->ring_end,
             r->ring_capacity, (unsigned long long)r->ring_dry,
-            (unsigned long long)r->stale, (unsigned long long)r->keys_reused);
+            (unsigned long long)r->stale, (unsigned long long)r->keys_reused,
+            cfg->params.prebuild, r->ran_out ? "true" : "false");
   } else {
     fprintf(out, ",\"signers\":null");
   }

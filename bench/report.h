@@ -77,6 +77,8 @@ typedef struct vk_bench_result_s {
   uint64_t stale;        // requests dropped as too old to send
   uint64_t keys_reused;  // verify-cold: requests whose key was used before
   uint64_t taken_total;  // requests taken from the rings, warm-up included
+  int ran_out;           // --prebuild: all were sent before the window's end
+  double ran_out_s;      // ... this far into the window, which ended there
 } vk_bench_result_t;
 
 // vk_bench_result_init zeroes `r` and prepares its latency histogram.

@@ -90,9 +90,6 @@ fi
 # The connect scenario's second shape: many vehicles per connection (vkeyd
 # allows 100 concurrent streams per connection by default).
 CONNECT_M=100
-# verify-cold makes fresh keys for every run (each used once); its signers
-# keep fewer requests ready, since every ready request holds a key.
-COLD_RING=4096
 # A run during which other processes used more CPU than this is repeated
 # (at most twice) and flagged.
 OTHER_CPU_MAX=0.30
@@ -508,20 +505,46 @@ scenario_floor() {
   esac
 }
 
-# scenario_args NAME [RATE]: the scenario's own vkey-bench options.
-# verify-cold gets enough fresh keys for the run: those its signers keep
-# ready plus the requests of the warm-up and the window at the verify rate
-# measured earlier in this run (an upper bound: cold costs two verifies),
-# with a margin; vkey-bench warns if any key was still used twice.
+# prebuild_count NAME [RATE]: how many requests a signature scenario builds
+# before its run (--prebuild): the phones' signatures are the phones' work,
+# not the server's, so none is made in the window (bench/README.md). An
+# open loop at RATE needs RATE x (warm-up + window), with a margin; a closed
+# loop at most what the machine's signature limit allows (the larger of
+# NCPU x the one-core rate and the all-cores rate; verify-cold verifies two
+# signatures a request), with a margin. A run that outpaces the estimate
+# ends its window where the requests ran out, and its rate still counts.
+# larger A B: the larger of two awk expressions, rounded.
+larger() { calc "(($1) > ($2) ? ($1) : ($2))" 0; }
+
+prebuild_count() {
+  local d=${D:-$DURATION} w=${W:-$WARMUP} r
+  if [ -n "${2:-}" ]; then
+    r=$2
+  else
+    case "$1" in
+      verify) r=$(larger "$NCPU * $ED_VERIFY" "$ED_VERIFY_ALL") ;;
+      verify-p256) r=$(larger "$NCPU * $P256_VERIFY" "$P256_VERIFY_ALL") ;;
+      verify-cold) r=$(calc "$(larger "$NCPU * $ED_VERIFY" "$ED_VERIFY_ALL") / 2" 0) ;;
+    esac
+  fi
+  r=$(calc "$r * ($w + $d) * 1.15 + 500" 0)
+  echo $((r < 2000000 ? r : 2000000))
+}
+
+# scenario_args NAME [RATE]: the scenario's own vkey-bench options. The
+# signature scenarios prebuild their requests on every core; verify-cold
+# gets a fresh key for each (each used once).
 scenario_args() {
+  local n
   case "$1" in
     health) ;;
+    verify | verify-p256)
+      echo --data-dir "$DATA" --signers "$NCPU" --prebuild "$(prebuild_count "$@")"
+      ;;
     verify-cold)
-      local r=${2:-${VERIFY_TP:-20000}} ready
-      ready=$COLD_RING
-      [ -n "${2:-}" ] && ready=$(calc "$2 * 2 + 256" 0)
-      echo --data-dir "$DATA" --ring "$COLD_RING" --cold-keys \
-        "$(calc "$ready + $r * ($WARMUP + $DURATION) * 1.3 + 1000" 0)"
+      n=$(prebuild_count "$@")
+      echo --data-dir "$DATA" --signers "$NCPU" --prebuild "$n" --cold-keys \
+        "$(calc "$n + 1000" 0)"
       ;;
     *) echo --data-dir "$DATA" ;;
   esac
@@ -804,6 +827,7 @@ for S in "${SCEN_LIST[@]}"; do
     unit="operations/s" per="operation"
   fi
   TP=() P50=() P99=() P999=() MAXL=() GEN=() SIG=() US=() RUS=() RSS=() OTHER=()
+  PRE=() CUT=()
   ST1=() ST2=()
   for r in $(seq $REPEATS); do
     bench_run "$T/$S.$r.json" -s "$S" "${SARGS[@]}" -c $CONNS -m $STREAMS -d "$D" --warmup "$W"
@@ -815,6 +839,10 @@ for S in "${SCEN_LIST[@]}"; do
     MAXL+=("$(jget "$f" latency_us.max)")
     GEN+=("$(jget "$f" client_cpu_cores)")
     SIG+=("$(jget "$f" signers.cpu_cores)")
+    PRE+=("$(jget "$f" signers.prebuilt)")
+    if [ "$(jget "$f" signers.ran_out)" = True ]; then
+      CUT+=("$(jget "$f" elapsed_s)")
+    fi
     US+=("$(jget "$f" server.cpu_us_per_request)")
     RUS+=("$(jget "$f" redis.cpu_us_per_request)")
     RSS+=("$(jget "$f" server.rss_kb_after)")
@@ -854,7 +882,6 @@ for S in "${SCEN_LIST[@]}"; do
     limit=$(scenario_limit "$S" "$gen")
     ratio=$(calc "$tp / $limit" 3)
   fi
-  [ "$S" = verify ] && VERIFY_TP=$tp
   what="nghttpd rate"
   case "$S" in
     verify | verify-cold) what="signature limit, Ed25519" ;;
@@ -871,6 +898,14 @@ for S in "${SCEN_LIST[@]}"; do
   if [ -n "${SIG[0]}" ]; then
     row "$S load generator: of which signer threads (cores)" \
       "$(median "${SIG[@]}")" "-" "-" "$gen" "$other"
+  fi
+  if [ -n "${PRE[0]}" ] && [ "${PRE[0]}" != 0 ]; then
+    # A window that outran its prebuilt requests ended there: its rate
+    # stands, over a shorter window.
+    cut="none ended early"
+    [ ${#CUT[@]} -eq 0 ] || cut="${#CUT[@]} ended early, at ${CUT[*]} s"
+    row "$S requests built before each run, none in its window (--prebuild); windows" \
+      "${PRE[*]}; $cut" "-" "-" "-" "-"
   fi
   row "$S latency p50/p99/p99.9/max (us)" \
     "$(median "${P50[@]}")/$(median "${P99[@]}")/$(median "${P999[@]}")/$(median "${MAXL[@]}")" \

@@ -72,6 +72,7 @@ typedef struct vk_bench_params_s {
   uint32_t seed;               // --seed: names the fleet (VINs, keys)
   uint32_t signers;            // --signers: signing threads
   uint32_t ring;               // --ring: pre-built requests per signer
+  uint32_t prebuild;           // --prebuild: requests built before the run
   uint32_t cold_keys;          // --cold-keys: keys made for verify-cold
   uint32_t sources;            // --sources: 127.0.0.x source addresses
   uint32_t push;               // --push: connect: vehicles sent an event

@@ -98,6 +98,7 @@ uint32_t vk_bench_ring_capacity(const vk_bench_ring_t *r) {
 struct vk_bench_signer_s {
   vk_bench_ring_t *ring;
   uint32_t limit;
+  uint64_t total;  // 0: no end
   int background;  // runs at nice 10
   vk_bench_make_fn make;
   void *ctx;
@@ -129,7 +130,12 @@ static void *signer_main(void *arg) {
   // the ring's limit; a shorter nap only wakes a core, and may preempt the
   // server, for nothing.
   const struct timespec nap = {0, 1000 * 1000};
+  uint64_t made = 0;
   while (!atomic_load_explicit(&s->stop, memory_order_relaxed)) {
+    if (s->total != 0 && made == s->total) {
+      atomic_store(&s->finished, 1);
+      break;
+    }
     vk_bench_slot_t *slot = vk_bench_ring_reserve(s->ring, s->limit);
     if (slot == NULL) {
       nanosleep(&nap, NULL);
@@ -146,25 +152,28 @@ static void *signer_main(void *arg) {
     }
     vk_bench_ring_commit(s->ring);
     atomic_fetch_add_explicit(&s->made, 1, memory_order_relaxed);
+    made++;
   }
   atomic_store(&s->final_cpu_ns, thread_cpu_ns());
   atomic_store(&s->exited, 1);
   return NULL;
 }
 
-int vk_bench_signer_start(vk_bench_signer_t **out, uint32_t cap, uint32_t limit,
-                          int background, vk_bench_make_fn make, void *ctx) {
+int vk_bench_signer_start(vk_bench_signer_t **out,
+                          const vk_bench_signer_opts_t *opts,
+                          vk_bench_make_fn make, void *ctx) {
   vk_bench_signer_t *s = calloc(1, sizeof(*s));
   if (s == NULL) {
     return VK_ENOMEM;
   }
-  int rv = vk_bench_ring_new(&s->ring, cap);
+  int rv = vk_bench_ring_new(&s->ring, opts->cap);
   if (rv != VK_OK) {
     free(s);
     return rv;
   }
-  s->limit = limit;
-  s->background = background;
+  s->limit = opts->limit;
+  s->total = opts->total;
+  s->background = opts->background;
   s->make = make;
   s->ctx = ctx;
   if (pthread_create(&s->thread, NULL, signer_main, s) != 0) {

@@ -63,13 +63,25 @@ uint32_t vk_bench_ring_capacity(const vk_bench_ring_t *r);
 typedef int (*vk_bench_make_fn)(void *ctx, vk_bench_slot_t *slot);
 typedef struct vk_bench_signer_s vk_bench_signer_t;
 
-// vk_bench_signer_start starts a thread that keeps a ring of `cap` slots
-// filled up to `limit` with make(ctx, slot). `ctx` is the thread's alone
-// until vk_bench_signer_stop. A `background` thread runs at nice 10: an
-// open loop's signers build seconds ahead and must not preempt the server
-// under test. Returns 0, VK_ENOMEM or VK_EIO.
-int vk_bench_signer_start(vk_bench_signer_t **out, uint32_t cap, uint32_t limit,
-                          int background, vk_bench_make_fn make, void *ctx);
+// How a signer thread works (vk_bench_signer_start).
+typedef struct vk_bench_signer_opts_s {
+  uint32_t cap;    // ring slots
+  uint32_t limit;  // ready requests kept, at most `cap`
+  // Requests to build in all, then the thread ends as if make had said
+  // VK_ENOTFOUND; 0: no end. A prebuilt run sets it to `limit`: every
+  // request is made before the window, none in it.
+  uint64_t total;
+  // Runs at nice 10: an open loop's signers build seconds ahead and must
+  // not preempt the server under test.
+  int background;
+} vk_bench_signer_opts_t;
+
+// vk_bench_signer_start starts a thread that keeps a ring filled with
+// make(ctx, slot) as `opts` says. `ctx` is the thread's alone until
+// vk_bench_signer_stop. Returns 0, VK_ENOMEM or VK_EIO.
+int vk_bench_signer_start(vk_bench_signer_t **out,
+                          const vk_bench_signer_opts_t *opts,
+                          vk_bench_make_fn make, void *ctx);
 
 vk_bench_ring_t *vk_bench_signer_ring(vk_bench_signer_t *s);
 
@@ -77,7 +89,7 @@ typedef struct vk_bench_signer_stats_s {
   uint64_t made;  // requests built so far
   double cpu_s;   // the thread's CPU time so far
   int error;      // the make error that ended it, 0 if none
-  int finished;   // make said there is nothing more
+  int finished;   // make said there is nothing more, or `total` is built
 } vk_bench_signer_stats_t;
 void vk_bench_signer_stats(vk_bench_signer_t *s, vk_bench_signer_stats_t *out);
 

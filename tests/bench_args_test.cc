@@ -211,6 +211,11 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{{"--vehicles", "0", "h:1"}, "--vehicles must be 1..1000000"},
         Bad{{"--signers", "17", "h:1"}, "--signers must be 1..16"},
         Bad{{"--ring", "8", "h:1"}, "--ring must be"},
+        Bad{{"--prebuild", "0", "h:1"}, "--prebuild must be 1..2000000"},
+        Bad{{"--prebuild", "2000001", "h:1"}, "--prebuild"},
+        Bad{{"--prebuild", "100", "h:1"}, "scenario 'health' has no signed"},
+        Bad{{"-s", "connect", "--data-dir", "d", "--prebuild", "100", "h:1"},
+            "scenario 'connect' has no signed"},
         Bad{{"--cold-keys", "0", "h:1"}, "--cold-keys"},
         Bad{{"--sources", "251", "h:1"}, "--sources"},
         Bad{{"--push-rate", "0", "h:1"}, "--push-rate"},
@@ -238,7 +243,8 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(BenchArgs, SignedScenarios) {
   Parsed p = Parse({"-s", "verify-p256", "--data-dir", "/d", "--vehicles", "8",
-                    "--seed", "7", "--signers", "2", "--ring", "1024", "h:1"});
+                    "--seed", "7", "--signers", "2", "--ring", "1024",
+                    "--prebuild", "50000", "h:1"});
   ASSERT_EQ(VK_OK, p.rv) << p.err;
   EXPECT_EQ(VK_BENCH_WORK_VERIFY_P256, p.cfg.scenario->workload);
   EXPECT_STREQ("/d", p.cfg.params.data_dir);
@@ -246,12 +252,14 @@ TEST(BenchArgs, SignedScenarios) {
   EXPECT_EQ(7u, p.cfg.params.seed);
   EXPECT_EQ(2u, p.cfg.params.signers);
   EXPECT_EQ(1024u, p.cfg.params.ring);
+  EXPECT_EQ(50000u, p.cfg.params.prebuild);
   EXPECT_EQ(32u, p.cfg.streams);  // RPC scenarios keep -m's default
   p = Parse({"-s", "check", "--data-dir", "/d", "h:1"});
   ASSERT_EQ(VK_OK, p.rv) << p.err;
   EXPECT_EQ(1024u, p.cfg.params.vehicles);
   EXPECT_EQ(1u, p.cfg.params.seed);
   EXPECT_EQ(1u, p.cfg.params.signers);
+  EXPECT_EQ(0u, p.cfg.params.prebuild);  // signers keep pace by default
 }
 
 TEST(BenchArgs, ConnectDerivesConnectionsFromVehicles) {

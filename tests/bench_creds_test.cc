@@ -931,7 +931,8 @@ int CountingMake(void *ctx, vk_bench_slot_t *slot) {
 TEST(BenchSigner, ThreadFillsTheRingInOrder) {
   Counter c;
   vk_bench_signer_t *s = nullptr;
-  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, 64, 16, 0, CountingMake, &c));
+  vk_bench_signer_opts_t kept_full = {64, 16, 0, 0};
+  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, &kept_full, CountingMake, &c));
   vk_bench_ring_t *r = vk_bench_signer_ring(s);
   uint64_t want = 0;
   while (want < 1000) {
@@ -953,12 +954,40 @@ TEST(BenchSigner, ThreadFillsTheRingInOrder) {
 
   Counter few;
   few.stop_at = 5;
-  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, 64, 64, 1, CountingMake, &few));
+  vk_bench_signer_opts_t background = {64, 64, 0, 1};
+  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, &background, CountingMake, &few));
   do {
     vk_bench_signer_stats(s, &st);
   } while (!st.finished);
   EXPECT_EQ(5u, st.made);
   EXPECT_EQ(5u, vk_bench_ring_level(vk_bench_signer_ring(s)));
+  vk_bench_signer_stop(s);
+}
+
+// A prebuilt run's signer makes its total and stops, however much room the
+// ring gets afterwards.
+TEST(BenchSigner, ThreadWithATotalBuildsItThenStops) {
+  Counter c;
+  vk_bench_signer_t *s = nullptr;
+  vk_bench_signer_opts_t prebuilt = {32, 32, 20, 0};
+  ASSERT_EQ(VK_OK, vk_bench_signer_start(&s, &prebuilt, CountingMake, &c));
+  vk_bench_signer_stats_t st;
+  do {
+    vk_bench_signer_stats(s, &st);
+  } while (!st.finished);
+  vk_bench_ring_t *r = vk_bench_signer_ring(s);
+  EXPECT_EQ(20u, st.made);
+  EXPECT_EQ(VK_OK, st.error);
+  for (uint64_t i = 0; i < 20; i++) {
+    const vk_bench_slot_t *slot = vk_bench_ring_front(r);
+    ASSERT_NE(nullptr, slot);
+    EXPECT_EQ(i, slot->tag);
+    vk_bench_ring_pop(r);
+  }
+  EXPECT_EQ(nullptr, vk_bench_ring_front(r));
+  vk_bench_signer_stats(s, &st);
+  EXPECT_EQ(20u, st.made);  // the thread has ended: nothing more comes
+  EXPECT_EQ(20u, c.next);
   vk_bench_signer_stop(s);
 }
 
