@@ -392,6 +392,53 @@ class VerifyTest(VkeyctlMixin, vkharness.ServerTestCase):
         self.assertEqual(resp.keys[0].status, common_pb2.KEY_STATUS_ACTIVE)
         self.assertGreaterEqual(session.counter, 4)
 
+    def challenge_records(self):
+        sock = os.path.join(self.workdir, "vkeyd-data", "redis.sock")
+        out = subprocess.run(
+            ["redis-cli", "-s", sock, "--scan", "--pattern",
+             f"vk:veh:{{{VIN}}}:chal:*"],
+            capture_output=True, text=True, check=True, timeout=30).stdout
+        return out.split()
+
+    def test_the_vehicle_binds_its_challenge_to_its_call(self):
+        kid = self.apply(self.phone)
+        # The car's challenge names its session call: vkey keeps no record
+        # of it. A cloud service's random one is recorded, once.
+        self.assertEqual(self.verify(kid, "--vehicle-key", self.car),
+                         f"ALLOW {kid} unlock\n")
+        self.assertEqual(self.challenge_records(), [])
+        self.assertEqual(self.verify(kid), f"ALLOW {kid} unlock\n")
+        random_one = self.challenge_records()
+        self.assertEqual(len(random_one), 1)
+        # After a resync the retry is a new call: its challenge is built
+        # again for it (one naming the refused call would be a mismatch).
+        mod = load_vkeyctl()
+        args = mod.build_parser().parse_args(
+            ["--server", self.vkeyd.target, "verify", kid, "--as", "alice",
+             "--function", "unlock", "--store",
+             self.path(".vkey/phone-alice.json"), "--vehicle-key", self.car])
+        client = mod.Client(args)
+        self.addCleanup(client.close)
+        signed, claims, phone = mod.stored_key(args)
+        session = mod.open_session(client, VIN,
+                                   vkcreds.Ed25519Key.load(self.car))
+        built = []
+
+        def build(epoch, counter):
+            built.append(counter)
+            return mod.verify_request(signed, phone, VIN,
+                                      common_pb2.VEHICLE_FUNCTION_UNLOCK,
+                                      epoch, counter)
+
+        mod.session_call(client, session, "VerifyKey", build)
+        session.counter = 0  # its next counter, 1, was seen: a replay
+        resp = mod.session_call(client, session, "VerifyKey", build)
+        self.assertEqual(resp.result.decision,
+                         mod.verify_pb2.DECISION_ALLOW, resp)
+        self.assertEqual(built[1], 1)
+        self.assertGreater(built[2], 1)  # the retry's own counter
+        self.assertEqual(self.challenge_records(), random_one)
+
     def test_store_and_credential_errors(self):
         kid = self.apply(self.phone)
         store = os.path.join(self.workdir, ".vkey", "phone-alice.json")
