@@ -252,6 +252,8 @@ static void end_window(bench_t *b) {
     if (vk_proc_sample(&s1, b->cfg->server_pid) == VK_OK) {
       r->has_server = 1;
       r->server_cpu_s = s1.cpu_s - b->server0.cpu_s;
+      r->server_main_cpu_s =
+          s1.main_thread_cpu_s - b->server0.main_thread_cpu_s;
       r->server_rss_kb_before = b->server0.rss_kb;
       r->server_rss_kb_after = s1.rss_kb;
       r->server_hwm_kb = s1.hwm_kb;

@@ -136,6 +136,16 @@ int vk_proc_sample(vk_proc_sample_t *out, int64_t pid) {
     return VK_EPROTO;
   }
   out->cpu_s = ticks_to_s(ticks);
+  snprintf(path, sizeof(path), "/proc/%lld/task/%lld/stat", (long long)pid,
+           (long long)pid);
+  rv = read_text(buf, sizeof(buf), path);
+  if (rv != VK_OK) {
+    return rv;
+  }
+  if (vk_proc_parse_stat(&ticks, buf) != VK_OK) {
+    return VK_EPROTO;
+  }
+  out->main_thread_cpu_s = ticks_to_s(ticks);
   snprintf(path, sizeof(path), "/proc/%lld/status", (long long)pid);
   rv = read_text(buf, sizeof(buf), path);
   if (rv != VK_OK) {

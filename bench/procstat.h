@@ -10,12 +10,16 @@ extern "C" {
 #endif
 
 typedef struct vk_proc_sample_s {
-  double cpu_s;     // utime + stime, seconds
+  double cpu_s;  // utime + stime, seconds
+  // The same for the main thread alone (/proc/PID/task/PID/stat): vkeyd's
+  // event loop, whose share tells the loop's cost from the workers'.
+  double main_thread_cpu_s;
   uint64_t rss_kb;  // VmRSS
   uint64_t hwm_kb;  // VmHWM: peak RSS since the process started
 } vk_proc_sample_t;
 
-// vk_proc_sample reads /proc/PID/stat and /proc/PID/status. Returns 0,
+// vk_proc_sample reads /proc/PID/stat, /proc/PID/task/PID/stat and
+// /proc/PID/status. Returns 0,
 // VK_ENOTFOUND if there is no such process, or VK_EPROTO if a file does not
 // parse.
 int vk_proc_sample(vk_proc_sample_t *out, int64_t pid);

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 extern "C" {
@@ -252,6 +253,28 @@ TEST(BenchProcstat, ParsesStatus) {
   EXPECT_EQ(VK_ENOTFOUND, vk_proc_parse_status_kb(&kb, status, "VmRS"));
 }
 
+// The main thread's CPU is told apart from the others': here a second
+// thread burns a third of a second while the main thread waits for it.
+TEST(BenchProcstat, MainThreadCpuApartFromTheOthers) {
+  vk_proc_sample_t before, after;
+  ASSERT_EQ(VK_OK, vk_proc_sample(&before, getpid()));
+  EXPECT_LE(before.main_thread_cpu_s, before.cpu_s);
+  std::thread burner([] {
+    struct timespec start, now;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &start);
+    do {
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    } while ((now.tv_sec - start.tv_sec) * 1000000000L +
+                 (now.tv_nsec - start.tv_nsec) <
+             300000000L);
+  });
+  burner.join();
+  ASSERT_EQ(VK_OK, vk_proc_sample(&after, getpid()));
+  // /proc counts in 10 ms ticks.
+  EXPECT_GE(after.cpu_s - before.cpu_s, 0.25);
+  EXPECT_LT(after.main_thread_cpu_s - before.main_thread_cpu_s, 0.1);
+}
+
 TEST(BenchProcstat, SamplesThisProcessAndTheMachine) {
   vk_proc_sample_t s;
   ASSERT_EQ(VK_OK, vk_proc_sample(&s, getpid()));
@@ -286,6 +309,7 @@ TEST(BenchReport, JsonHasEveryFigureAndEscapesServerText) {
   r.http_errors = 2;
   r.has_server = 1;
   r.server_cpu_s = 0.0201;
+  r.server_main_cpu_s = 0.00603;
   snprintf(r.first_error, sizeof(r.first_error), "say \"hi\"\n\x01");
   char *text = nullptr;
   size_t len = 0;
@@ -299,7 +323,9 @@ TEST(BenchReport, JsonHasEveryFigureAndEscapesServerText) {
        {"\"scenario\":\"health\"", "\"ok\":1000", "\"failed\":5",
         "\"throughput_rps\":500.000", "\"p50\":", "\"p999\":", "\"max\":1000",
         "\"UNAVAILABLE\":3", "\"http\":2", "\"cpu_us_per_request\":20.000",
-        "\"pid\":77", "say \\\"hi\\\"\\u000a\\u0001"}) {
+        "\"main_thread_cpu_us_per_request\":6.000",
+        "\"other_threads_cpu_us_per_request\":14.000", "\"pid\":77",
+        "say \\\"hi\\\"\\u000a\\u0001"}) {
     EXPECT_NE(std::string::npos, json.find(part)) << part << " in " << json;
   }
   EXPECT_NE(std::string::npos, json.find("\"steps\":null")) << json;
