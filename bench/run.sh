@@ -505,14 +505,16 @@ scenario_floor() {
   esac
 }
 
-# prebuild_count NAME [RATE]: how many requests a signature scenario builds
-# before its run (--prebuild): the phones' signatures are the phones' work,
-# not the server's, so none is made in the window (bench/README.md). An
-# open loop at RATE needs RATE x (warm-up + window), with a margin; a closed
-# loop at most what the machine's signature limit allows (the larger of
-# NCPU x the one-core rate and the all-cores rate; verify-cold verifies two
-# signatures a request), with a margin. A run that outpaces the estimate
-# ends its window where the requests ran out, and its rate still counts.
+# prebuild_count NAME [RATE]: how many requests a signed scenario builds
+# before its run (--prebuild): the phones' signatures and the vehicles'
+# session tags are the clients' work, not the server's, so none is made in
+# the window (bench/README.md). An open loop at RATE needs RATE x (warm-up
+# + window), with a margin; a closed loop at most what the machine's
+# signature limit allows (the larger of NCPU x the one-core rate and the
+# all-cores rate; verify-cold verifies two signatures a request), or for
+# check 60% of nghttpd's rate, with a margin, at most 2 million (1 KiB
+# each). A run that outpaces the estimate ends its window where the
+# requests ran out, and its rate still counts.
 # larger A B: the larger of two awk expressions, rounded.
 larger() { calc "(($1) > ($2) ? ($1) : ($2))" 0; }
 
@@ -525,6 +527,7 @@ prebuild_count() {
       verify) r=$(larger "$NCPU * $ED_VERIFY" "$ED_VERIFY_ALL") ;;
       verify-p256) r=$(larger "$NCPU * $P256_VERIFY" "$P256_VERIFY_ALL") ;;
       verify-cold) r=$(calc "$(larger "$NCPU * $ED_VERIFY" "$ED_VERIFY_ALL") / 2" 0) ;;
+      check) r=$(calc "$RAW * 0.6" 0) ;;
     esac
   fi
   r=$(calc "$r * ($w + $d) * 1.15 + 500" 0)
@@ -532,13 +535,13 @@ prebuild_count() {
 }
 
 # scenario_args NAME [RATE]: the scenario's own vkey-bench options. The
-# signature scenarios prebuild their requests on every core; verify-cold
-# gets a fresh key for each (each used once).
+# signature scenarios and check prebuild their requests on every core;
+# verify-cold gets a fresh key for each (each used once).
 scenario_args() {
   local n
   case "$1" in
     health) ;;
-    verify | verify-p256)
+    verify | verify-p256 | check)
       echo --data-dir "$DATA" --signers "$NCPU" --prebuild "$(prebuild_count "$@")"
       ;;
     verify-cold)
