@@ -43,6 +43,7 @@
 #include <sys/un.h>
 
 #include <hiredis/async.h>
+#include <hiredis/sds.h>
 
 #include "common.h"
 #include "log.h"
@@ -77,11 +78,13 @@ struct vk_redis_s {
   uv_timer_t retry_timer;
   int pending_closes;
 
-  redisAsyncContext *ac;   // the current connection, or NULL
-  bool connected;          // ac finished connecting and accepts commands
-  bool closing;            // vk_redis_free was called
-  uint64_t connected_at;   // loop time of the last successful connect
-  uint64_t last_reply_at;  // loop time of the last reply
+  redisAsyncContext *ac;  // the current connection, or NULL
+  bool connected;         // ac finished connecting and accepts commands
+  bool closing;           // vk_redis_free was called
+  uint64_t connected_at;  // loop time of the last successful connect
+  // Loop time of the last reply, or of the last time the command timer
+  // sent commands the loop had not flushed yet.
+  uint64_t last_progress_at;
 
   // Pending commands, oldest first; replies arrive in this order.
   vk__redis_cmd_t *head;
@@ -399,16 +402,34 @@ static void on_retry_timer(uv_timer_t *t) {
 
 // ------------------------------------------------------------- command half
 
-// When the oldest pending command is due: its deadline, or later if a
-// reply came since. A command waits for the replies to the commands ahead
+// When the oldest pending command is due: its deadline, or later if there
+// was progress since. A command waits for the replies to the commands ahead
 // of it: a deep pipeline (19,000 vehicles opening channels at once) drains
-// slowly but is not stuck. Only time without any reply counts.
+// slowly but is not stuck. Only time without any progress counts.
 static uint64_t oldest_due(const vk_redis_t *r) {
   uint64_t due = r->head->deadline;
-  if (r->last_reply_at + r->timeout_ms > due) {
-    due = r->last_reply_at + r->timeout_ms;
+  if (r->last_progress_at + r->timeout_ms > due) {
+    due = r->last_progress_at + r->timeout_ms;
   }
   return due;
+}
+
+// Writes what hiredis holds for Redis. Commands queued during a loop
+// iteration are written in the next one's poll phase, after its timers: if
+// that iteration ran longer than the timeout (thousands of connections
+// handled in one go), the oldest command is due before Redis has seen it.
+// Redis cannot be blamed for that, so bytes that leave count as progress;
+// a Redis that stopped reading fills the socket and makes none. This may
+// run hiredis's disconnect path and fail every pending command.
+static void flush_unsent(vk_redis_t *r) {
+  size_t unsent = sdslen(r->ac->c.obuf);
+  if (unsent == 0) {
+    return;
+  }
+  redisAsyncHandleWrite(r->ac);
+  if (r->ac != NULL && sdslen(r->ac->c.obuf) < unsent) {
+    r->last_progress_at = uv_now(r->loop);
+  }
 }
 
 static void on_cmd_timer(uv_timer_t *t) {
@@ -420,9 +441,14 @@ static void on_cmd_timer(uv_timer_t *t) {
   if (oldest_due(r) <= now && r->ac != NULL) {
     // Timers run before I/O in a loop iteration: after a long iteration
     // (thousands of connections accepted at once) the replies may be in
-    // the socket already, unread. Read them before judging. This may run
-    // reply callbacks, which may free `r` (it stays allocated until its
-    // timers' close callbacks) or drop the connection.
+    // the socket already, unread, and commands may not have been sent at
+    // all. Send and read before judging. This may run reply callbacks,
+    // which may free `r` (it stays allocated until its timers' close
+    // callbacks) or drop the connection.
+    flush_unsent(r);
+    if (r->closing || r->head == NULL || r->ac == NULL) {
+      return;
+    }
     redisAsyncHandleRead(r->ac);
     if (r->closing || r->head == NULL) {
       return;
@@ -467,7 +493,7 @@ static void on_hiredis_reply(redisAsyncContext *ac, void *reply, void *priv) {
   r->npending--;
   r->pending_bytes -= cmd->len;
   r->attempt = 0;  // a reply proves the server alive
-  r->last_reply_at = uv_now(r->loop);
+  r->last_progress_at = uv_now(r->loop);
   cmd->cb(r, 0, reply, cmd->priv);
   free(cmd);
 }

@@ -507,6 +507,27 @@ TEST_F(RedisTest, BusyLoopReadsTheReplyBeforeJudging) {
   CloseLoop();
 }
 
+// A command queued in a loop iteration that then ran longer than the
+// timeout has not been sent when the next iteration's timers run (writes
+// happen in the poll phase, after them). It is due by the clock, but Redis
+// never saw it: the timer sends it and waits for the reply instead of
+// dropping the connection.
+TEST_F(RedisTest, LongIterationSendsTheCommandBeforeJudging) {
+  State state;
+  vk_redis_t *r = StartAndConnect(&state, 300);
+  ASSERT_NE(nullptr, r);
+  Result res;
+  ASSERT_EQ(0, vk_redis_command(r, OnReply, &res, "PING"));
+  usleep(500 * 1000);  // the rest of this iteration keeps the loop busy
+  ASSERT_TRUE(RunUntil([&] { return res.calls > 0; }));
+  EXPECT_EQ(1, res.calls);
+  EXPECT_EQ(0, res.status);
+  EXPECT_EQ("PONG", res.str);
+  EXPECT_EQ(0, state.downs);
+  vk_redis_free(r);
+  CloseLoop();
+}
+
 TEST_F(RedisTest, SetGetRoundTrip) {
   int port = FreePort();
   server_.Start(port, dir_);
