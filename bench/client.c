@@ -38,6 +38,7 @@
 #include <netdb.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -116,6 +117,9 @@ struct conn_s {
   int dirty;            // has submissions not yet flushed
   vk_bench_buf_t out;   // bytes being collected
   vk_bench_buf_t wbuf;  // bytes being written
+  // Per signer ring, where this connection's search for its next request
+  // resumes: the slots before it are other connections' (take_signed).
+  uint64_t *cursor;
 };
 
 struct bench_s {
@@ -209,6 +213,7 @@ static void note_first_error(bench_t *b, const char *fmt, ...) {
 }
 
 static void bench_shutdown(bench_t *b);
+static void forget_cursors(bench_t *b);
 static void conn_flush(conn_t *c);
 static void sched_dispatch(bench_t *b);
 
@@ -252,8 +257,8 @@ static void end_window(bench_t *b) {
     if (vk_proc_sample(&s1, b->cfg->server_pid) == VK_OK) {
       r->has_server = 1;
       r->server_cpu_s = s1.cpu_s - b->server0.cpu_s;
-      r->server_main_cpu_s =
-          s1.main_thread_cpu_s - b->server0.main_thread_cpu_s;
+      r->server_loops_cpu_s =
+          s1.loop_threads_cpu_s - b->server0.loop_threads_cpu_s;
       r->server_rss_kb_before = b->server0.rss_kb;
       r->server_rss_kb_after = s1.rss_kb;
       r->server_hwm_kb = s1.hwm_kb;
@@ -578,6 +583,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
     on_conn_ready(c);
   } else if (frame->hd.type == NGHTTP2_GOAWAY && !c->goaway) {
     c->goaway = 1;
+    forget_cursors(c->bench);
     if (c->ready && !c->closing) {
       c->bench->free_slots -= c->max_streams - c->inflight;
     }
@@ -646,36 +652,87 @@ static int conn_usable(const conn_t *c) {
 
 static void on_starve_timer(uv_timer_t *t);
 
-// take_signed copies the oldest fresh ring request into `s`. Returns 0, or
-// VK_EAGAIN when every ring is empty (the poll timer then retries).
+// fill_from_slot copies a ring request into `s`. Returns 0 or VK_ENOMEM.
+static int fill_from_slot(stream_t *s, const vk_bench_slot_t *slot) {
+  s->own.len = 0;
+  if (vk_bench_buf_append(&s->own, slot->data,
+                          slot->body_len + slot->hdr_len) != VK_OK) {
+    return VK_ENOMEM;
+  }
+  s->req.path = slot->path;
+  s->req.body = s->own.data;
+  s->req.body_len = slot->body_len;
+  s->req.hdr = (vk_bench_hdr_t){slot->hdr_name,
+                                (const char *)s->own.data + slot->body_len,
+                                slot->hdr_len};
+  return VK_OK;
+}
+
+static int is_stale(const vk_bench_slot_t *slot, uint64_t now) {
+  return now > slot->made_ns && now - slot->made_ns > MAX_REQUEST_AGE_NS;
+}
+
+// Whether a ring request is for `c`: in the session of one of its
+// vehicles (vehicle i on connection i mod -c), or in none, or of a vehicle
+// whose connection can take no more calls (a car that lost its connection
+// reconnects).
+static int is_for(const bench_t *b, const vk_bench_slot_t *slot,
+                  const conn_t *c) {
+  if (slot->vehicle == 0) {
+    return 1;
+  }
+  const conn_t *home = &b->conns[(slot->vehicle - 1) % b->nconns];
+  return home == c || !home->open || home->closing || home->goaway;
+}
+
+// A connection stopped taking calls: its vehicles' requests are now for
+// the others, which must look again at what they passed over.
+static void forget_cursors(bench_t *b) {
+  for (uint32_t i = 0; i < b->nconns; i++) {
+    memset(b->conns[i].cursor, 0,
+           (b->src->n_signers + 1) * sizeof(*b->conns[i].cursor));
+  }
+}
+
+// take_signed fills `s` with the oldest fresh request for its connection,
+// taken out of order from the rings: other connections' requests stay for
+// them, so each vehicle's calls go out in order on one connection.
+// Returns 0, or VK_EAGAIN when there is none (the poll timer then retries).
 static int take_signed(bench_t *b, stream_t *s) {
   const vk_bench_source_t *src = b->src;
+  conn_t *c = s->conn;
   uint64_t now = uv_hrtime();
-  for (size_t i = 0; i < src->n_signers; i++) {
-    size_t k = (b->next_ring + i) % src->n_signers;
+  for (size_t n = 0; n < src->n_signers; n++) {
+    size_t k = (b->next_ring + n) % src->n_signers;
     vk_bench_ring_t *ring = vk_bench_signer_ring(src->signers[k]);
-    const vk_bench_slot_t *slot = vk_bench_ring_front(ring);
-    while (slot != NULL && now > slot->made_ns &&
-           now - slot->made_ns > MAX_REQUEST_AGE_NS) {
-      vk_bench_ring_pop(ring);
-      b->stale++;
-      slot = vk_bench_ring_front(ring);
+    uint64_t i = vk_bench_ring_tail(ring);
+    if (c->cursor[k] > i) {
+      i = c->cursor[k];
     }
+    const vk_bench_slot_t *slot;
+    for (; (slot = vk_bench_ring_at(ring, i)) != NULL; i++) {
+      if (slot->consumed) {
+        continue;
+      }
+      if (is_stale(slot, now)) {
+        vk_bench_ring_consume(ring, i);
+        b->stale++;
+        continue;
+      }
+      if (is_for(b, slot, c)) {
+        break;
+      }
+    }
+    c->cursor[k] = i;
     if (slot == NULL) {
       continue;
     }
-    s->own.len = 0;
-    if (vk_bench_buf_append(&s->own, slot->data,
-                            slot->body_len + slot->hdr_len) != VK_OK) {
-      return VK_ENOMEM;
+    int rv = fill_from_slot(s, slot);
+    if (rv != VK_OK) {
+      return rv;
     }
-    s->req.path = slot->path;
-    s->req.body = s->own.data;
-    s->req.body_len = slot->body_len;
-    s->req.hdr = (vk_bench_hdr_t){slot->hdr_name,
-                                  (const char *)s->own.data + slot->body_len,
-                                  slot->hdr_len};
-    vk_bench_ring_pop(ring);
+    vk_bench_ring_consume(ring, i);
+    c->cursor[k] = i + 1;
     b->next_ring = (uint32_t)((k + 1) % src->n_signers);
     b->taken++;
     return VK_OK;
@@ -761,6 +818,7 @@ static int32_t submit_call(conn_t *c, stream_t *s) {
     if (!c->goaway) {
       c->goaway = 1;
       b->free_slots -= c->max_streams - c->inflight;
+      forget_cursors(b);
     }
     note_first_error(b, "cannot submit a request: %s", nghttp2_strerror(id));
   }
@@ -908,6 +966,7 @@ static void conn_close(conn_t *c) {
     c->bench->free_slots -= c->max_streams - c->inflight;
   }
   c->closing = 1;
+  forget_cursors(c->bench);
   uv_close((uv_handle_t *)&c->tcp, conn_closed);
 }
 
@@ -1356,7 +1415,8 @@ static int setup_conns(bench_t *b) {
     conn_t *c = &b->conns[i];
     c->bench = b;
     c->streams = calloc(b->cfg->streams, sizeof(*c->streams));
-    if (c->streams == NULL) {
+    c->cursor = calloc(b->src->n_signers + 1, sizeof(*c->cursor));
+    if (c->streams == NULL || c->cursor == NULL) {
       return VK_ENOMEM;
     }
     for (uint32_t j = b->cfg->streams; j-- > 0;) {
@@ -1396,6 +1456,7 @@ static void bench_free(bench_t *b) {
   if (b->conns != NULL) {
     for (uint32_t i = 0; i < b->nconns; i++) {
       free(b->conns[i].streams);
+      free(b->conns[i].cursor);
     }
   }
   free(b->conns);

@@ -122,22 +122,63 @@ static double ticks_to_s(uint64_t ticks) {
   return (double)ticks / (double)(hz > 0 ? hz : 100);
 }
 
+// Whether thread `tid` of `pid` runs an event loop: the main thread, or
+// one vkeyd named vkeyd-loopN.
+static bool is_loop_thread(int64_t pid, long long tid) {
+  if (tid == pid) {
+    return true;
+  }
+  char path[64];
+  char comm[32];
+  snprintf(path, sizeof(path), "/proc/%lld/task/%lld/comm", (long long)pid,
+           tid);
+  return read_text(comm, sizeof(comm), path) == VK_OK &&
+         strncmp(comm, "vkeyd-loop", 10) == 0;
+}
+
+// The CPU ticks of `pid`'s event loop threads.
+static int loop_threads_ticks(uint64_t *out, int64_t pid) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%lld/task", (long long)pid);
+  DIR *dir = opendir(path);
+  if (dir == NULL) {
+    return VK_ENOTFOUND;
+  }
+  *out = 0;
+  struct dirent *e;
+  while ((e = readdir(dir)) != NULL) {
+    char *end;
+    long long tid = strtoll(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || !is_loop_thread(pid, tid)) {
+      continue;
+    }
+    char buf[4096];
+    uint64_t ticks;
+    snprintf(path, sizeof(path), "/proc/%lld/task/%lld/stat", (long long)pid,
+             tid);
+    // A thread that ended between readdir and here has no stat: skip it.
+    if (read_text(buf, sizeof(buf), path) == VK_OK &&
+        vk_proc_parse_stat(&ticks, buf) == VK_OK) {
+      *out += ticks;
+    }
+  }
+  closedir(dir);
+  return VK_OK;
+}
+
 int vk_proc_sample(vk_proc_sample_t *out, int64_t pid) {
   char path[64];
   char buf[4096];
   memset(out, 0, sizeof(*out));
-  snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
-  int rv = read_text(buf, sizeof(buf), path);
+  // The loop threads first: read after the process's total, their ticks
+  // could exceed it.
+  uint64_t ticks;
+  int rv = loop_threads_ticks(&ticks, pid);
   if (rv != VK_OK) {
     return rv;
   }
-  uint64_t ticks;
-  if (vk_proc_parse_stat(&ticks, buf) != VK_OK) {
-    return VK_EPROTO;
-  }
-  out->cpu_s = ticks_to_s(ticks);
-  snprintf(path, sizeof(path), "/proc/%lld/task/%lld/stat", (long long)pid,
-           (long long)pid);
+  out->loop_threads_cpu_s = ticks_to_s(ticks);
+  snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
   rv = read_text(buf, sizeof(buf), path);
   if (rv != VK_OK) {
     return rv;
@@ -145,7 +186,7 @@ int vk_proc_sample(vk_proc_sample_t *out, int64_t pid) {
   if (vk_proc_parse_stat(&ticks, buf) != VK_OK) {
     return VK_EPROTO;
   }
-  out->main_thread_cpu_s = ticks_to_s(ticks);
+  out->cpu_s = ticks_to_s(ticks);
   snprintf(path, sizeof(path), "/proc/%lld/status", (long long)pid);
   rv = read_text(buf, sizeof(buf), path);
   if (rv != VK_OK) {

@@ -11,14 +11,15 @@ extern "C" {
 
 typedef struct vk_proc_sample_s {
   double cpu_s;  // utime + stime, seconds
-  // The same for the main thread alone (/proc/PID/task/PID/stat): vkeyd's
-  // event loop, whose share tells the loop's cost from the workers'.
-  double main_thread_cpu_s;
+  // The same for the main thread and the threads named vkeyd-loop*
+  // (/proc/PID/task/TID/stat): vkeyd's event loops, whose share tells
+  // their cost from the workers'.
+  double loop_threads_cpu_s;
   uint64_t rss_kb;  // VmRSS
   uint64_t hwm_kb;  // VmHWM: peak RSS since the process started
 } vk_proc_sample_t;
 
-// vk_proc_sample reads /proc/PID/stat, /proc/PID/task/PID/stat and
+// vk_proc_sample reads /proc/PID/stat, /proc/PID/task/*/{comm,stat} and
 // /proc/PID/status. Returns 0,
 // VK_ENOTFOUND if there is no such process, or VK_EPROTO if a file does not
 // parse.

@@ -174,12 +174,12 @@ void vk_bench_report_text(FILE *out, const vk_bench_config_t *cfg,
   if (r->has_server) {
     fprintf(out,
             "server       pid %lld: CPU %.2f s = %.2f cores, %.1f us/request"
-            " (main thread %.1f, others %.1f); RSS %llu -> %llu kB (peak %llu"
+            " (event loops %.1f, others %.1f); RSS %llu -> %llu kB (peak %llu"
             " kB)\n",
             (long long)cfg->server_pid, r->server_cpu_s,
             r->elapsed_s > 0 ? r->server_cpu_s / r->elapsed_s : 0.0,
-            cpu_us_per_request(r), us_per_request(r, r->server_main_cpu_s),
-            us_per_request(r, r->server_cpu_s - r->server_main_cpu_s),
+            cpu_us_per_request(r), us_per_request(r, r->server_loops_cpu_s),
+            us_per_request(r, r->server_cpu_s - r->server_loops_cpu_s),
             (unsigned long long)r->server_rss_kb_before,
             (unsigned long long)r->server_rss_kb_after,
             (unsigned long long)r->server_hwm_kb);
@@ -327,13 +327,13 @@ void vk_bench_report_json(FILE *out, const vk_bench_config_t *cfg,
   if (r->has_server) {
     fprintf(out,
             ",\"server\":{\"pid\":%lld,\"cpu_s\":%.3f,\"cpu_cores\":%.4f,"
-            "\"cpu_us_per_request\":%.3f,\"main_thread_cpu_us_per_request\":"
+            "\"cpu_us_per_request\":%.3f,\"loop_threads_cpu_us_per_request\":"
             "%.3f,\"other_threads_cpu_us_per_request\":%.3f,"
             "\"rss_kb_before\":%llu,\"rss_kb_after\":%llu,\"hwm_kb\":%llu}",
             (long long)cfg->server_pid, r->server_cpu_s,
             r->elapsed_s > 0 ? r->server_cpu_s / r->elapsed_s : 0.0,
-            cpu_us_per_request(r), us_per_request(r, r->server_main_cpu_s),
-            us_per_request(r, r->server_cpu_s - r->server_main_cpu_s),
+            cpu_us_per_request(r), us_per_request(r, r->server_loops_cpu_s),
+            us_per_request(r, r->server_cpu_s - r->server_loops_cpu_s),
             (unsigned long long)r->server_rss_kb_before,
             (unsigned long long)r->server_rss_kb_after,
             (unsigned long long)r->server_hwm_kb);

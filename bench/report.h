@@ -56,7 +56,7 @@ typedef struct vk_bench_result_s {
   uint32_t server_max_streams;  // SETTINGS_MAX_CONCURRENT_STREAMS seen
   int has_server;               // --server-pid was given
   double server_cpu_s;
-  double server_main_cpu_s;  // its main thread alone (vkeyd's event loop)
+  double server_loops_cpu_s;  // its event loop threads (procstat.h)
   uint64_t server_rss_kb_before;
   uint64_t server_rss_kb_after;
   uint64_t server_hwm_kb;

@@ -847,7 +847,7 @@ for S in "${SCEN_LIST[@]}"; do
       CUT+=("$(jget "$f" elapsed_s)")
     fi
     US+=("$(jget "$f" server.cpu_us_per_request)")
-    MUS+=("$(jget "$f" server.main_thread_cpu_us_per_request)")
+    MUS+=("$(jget "$f" server.loop_threads_cpu_us_per_request)")
     OUS+=("$(jget "$f" server.other_threads_cpu_us_per_request)")
     RUS+=("$(jget "$f" redis.cpu_us_per_request)")
     RSS+=("$(jget "$f" server.rss_kb_after)")
@@ -934,11 +934,11 @@ for S in "${SCEN_LIST[@]}"; do
     row "$S vkeyd CPU per $per (us)" "$(calc "$us" 2)" "$RAW_US (nghttpd)" \
       "$(calc "$us / $RAW_US" 2)" "$gen" "$other"
   fi
-  # Where vkeyd's CPU goes: its event loop (the main thread) and the rest
+  # Where vkeyd's CPU goes: its event loops (main thread, vkeyd-loopN) and the rest
   # (the workers' public-key work), each the median of the runs'. Both are
   # measured in the same window, so their split does not drift with the
   # host as the signature limit does.
-  row "$S vkeyd CPU per $per: event loop (main thread) / other threads (us)" \
+  row "$S vkeyd CPU per $per: event loops / other threads (us)" \
     "$(calc "$(median "${MUS[@]}")" 1) / $(calc "$(median "${OUS[@]}")" 1)" \
     "-" "-" "$gen" "$other"
   if [ -n "${RUS[0]}" ]; then

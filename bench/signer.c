@@ -64,7 +64,9 @@ vk_bench_slot_t *vk_bench_ring_reserve(vk_bench_ring_t *r, uint32_t limit) {
   if (head - tail >= limit) {
     return NULL;
   }
-  return &r->slots[head & r->mask];
+  vk_bench_slot_t *slot = &r->slots[head & r->mask];
+  slot->consumed = 0;
+  return slot;
 }
 
 void vk_bench_ring_commit(vk_bench_ring_t *r) {
@@ -81,6 +83,29 @@ const vk_bench_slot_t *vk_bench_ring_front(vk_bench_ring_t *r) {
 void vk_bench_ring_pop(vk_bench_ring_t *r) {
   uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
   atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+}
+
+uint64_t vk_bench_ring_tail(const vk_bench_ring_t *r) {
+  return atomic_load_explicit(&r->tail, memory_order_relaxed);
+}
+
+const vk_bench_slot_t *vk_bench_ring_at(const vk_bench_ring_t *r, uint64_t i) {
+  uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+  return i < tail || i >= head ? NULL : &r->slots[i & r->mask];
+}
+
+void vk_bench_ring_consume(vk_bench_ring_t *r, uint64_t i) {
+  uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+  if (i < tail || i >= head) {
+    return;
+  }
+  r->slots[i & r->mask].consumed = 1;
+  while (tail < head && r->slots[tail & r->mask].consumed) {
+    tail++;
+  }
+  atomic_store_explicit(&r->tail, tail, memory_order_release);
 }
 
 uint32_t vk_bench_ring_level(const vk_bench_ring_t *r) {

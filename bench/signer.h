@@ -27,6 +27,12 @@ typedef struct vk_bench_slot_s {
   uint32_t body_len;     // gRPC prefix + message, at data[0]
   uint32_t hdr_len;      // the metadata value, at data[body_len]
   uint64_t tag;          // for the scenario (connect: the vehicle index)
+  // 1 + the index of the vehicle whose session the request is in, 0 for
+  // none. A car sends its session's calls on its one connection; the run
+  // does the same (vehicle i on connection i mod -c), so that a server
+  // spreading connections over threads or instances sees what it would.
+  uint32_t vehicle;
+  int consumed;  // taken out of order (vk_bench_ring_consume); reserve clears
   uint8_t data[VK_BENCH_SLOT_DATA];
 } vk_bench_slot_t;
 
@@ -50,6 +56,15 @@ void vk_bench_ring_commit(vk_bench_ring_t *r);
 // vk_bench_ring_pop releases it (the slot must not be used after).
 const vk_bench_slot_t *vk_bench_ring_front(vk_bench_ring_t *r);
 void vk_bench_ring_pop(vk_bench_ring_t *r);
+
+// Out of order, for a consumer that sends each vehicle's requests on its
+// own connection: vk_bench_ring_at returns slot `i` (an absolute position,
+// from vk_bench_ring_tail on) while it is filled, NULL from the first
+// unfilled one; vk_bench_ring_consume marks it taken (the slot must not be
+// used after) and releases the taken slots at the front.
+uint64_t vk_bench_ring_tail(const vk_bench_ring_t *r);
+const vk_bench_slot_t *vk_bench_ring_at(const vk_bench_ring_t *r, uint64_t i);
+void vk_bench_ring_consume(vk_bench_ring_t *r, uint64_t i);
 
 // Slots filled now (either side may ask), and the capacity.
 uint32_t vk_bench_ring_level(const vk_bench_ring_t *r);

@@ -230,6 +230,7 @@ int vk_bench_slot_set(vk_bench_slot_t *slot, const char *path,
   vk_bench_grpc_frame(slot->data, msg_len);
   memcpy(slot->data + 5, msg, msg_len);
   slot->body_len = (uint32_t)(msg_len + 5);
+  slot->vehicle = 0;
   slot->path = path;
   slot->hdr_name = hdr_name;
   slot->hdr_len = (uint32_t)hdr_len;
@@ -339,6 +340,7 @@ static int make_verify(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot) {
   if (rv == VK_OK) {
     rv = vk_bench_slot_set(slot, VK_BENCH_PATH_VERIFY, w->buf.data, w->buf.len,
                            "x-vkey-session-bin", hdr, hdr_len);
+    slot->vehicle = key->vehicle + 1;
   }
   return rv;
 }
@@ -363,6 +365,7 @@ static int make_check(vk_bench_work_ctx_t *w, vk_bench_slot_t *slot) {
   if (rv == VK_OK) {
     rv = vk_bench_slot_set(slot, VK_BENCH_PATH_CHECK, w->buf.data, w->buf.len,
                            "x-vkey-session-bin", hdr, hdr_len);
+    slot->vehicle = (uint32_t)i + 1;
   }
   return rv;
 }
