@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "crypto.h"
+#include "grpc.h"
 #include "redis.h"
 #include "worker.h"
 
@@ -42,6 +43,13 @@ typedef struct vk_app_s {
   vk_verify_cache_t *verify_cache;  // token signatures, key status (verify)
   vk_ratelimit_t *vehicle_limit;    // verifications per vehicle
   vk_ratelimit_t *caller_limit;     // verifications per caller
+  // The services over this app, each with ctx == this app: one set per
+  // event loop, so nothing a call reaches is shared between loops.
+  vk_service_t registry_service;
+  vk_service_t keys_service;
+  vk_service_t vehicle_service;
+  vk_service_t verify_service;
+  vk_service_t authorization_service;
 } vk_app_t;
 
 #ifdef __cplusplus

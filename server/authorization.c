@@ -23,6 +23,7 @@
 #include "authorization.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2246,14 +2247,10 @@ static const vk_method_t auth_methods[] = {
     },
 };
 
-// One vkeyd serves one app: the service is a static whose ctx is set here.
-static vk_service_t auth_service = {
-    .name = "vkey.v1.AuthorizationService",
-    .methods = auth_methods,
-    .n_methods = VK_ARRAY_LEN(auth_methods),
-};
+// The scripts' hashes are computed once, whichever loop asks first.
+static pthread_once_t s_scripts_once = PTHREAD_ONCE_INIT;
 
-const vk_service_t *vk_authorization_service(vk_app_t *app) {
+static void init_scripts(void) {
   vk_keys_script_init(&s_authorize_read);
   vk_keys_script_init(&s_authorize_write);
   vk_keys_script_init(&s_redeem_read);
@@ -2262,6 +2259,14 @@ const vk_service_t *vk_authorization_service(vk_app_t *app) {
   vk_keys_script_init(&s_cancel_write);
   vk_keys_script_init(&s_revoke_write);
   vk_keys_script_init(&s_list_grants);
-  auth_service.ctx = app;
-  return &auth_service;
+}
+
+const vk_service_t *vk_authorization_service(vk_app_t *app) {
+  pthread_once(&s_scripts_once, init_scripts);
+  app->authorization_service =
+      (vk_service_t){.name = "vkey.v1.AuthorizationService",
+                     .methods = auth_methods,
+                     .n_methods = VK_ARRAY_LEN(auth_methods),
+                     .ctx = app};
+  return &app->authorization_service;
 }

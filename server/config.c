@@ -19,6 +19,7 @@ enum {
   OPT_DATA_DIR,
   OPT_REDIS_SERVER,
   OPT_WORKERS,
+  OPT_LOOPS,
   OPT_MAX_STREAMS,
   OPT_MAX_HEADER_LIST,
   OPT_MAX_MESSAGE,
@@ -45,6 +46,7 @@ static const struct option kOptions[] = {
     {"data-dir", required_argument, NULL, OPT_DATA_DIR},
     {"redis-server", required_argument, NULL, OPT_REDIS_SERVER},
     {"workers", required_argument, NULL, OPT_WORKERS},
+    {"loops", required_argument, NULL, OPT_LOOPS},
     {"max-streams", required_argument, NULL, OPT_MAX_STREAMS},
     {"max-header-list", required_argument, NULL, OPT_MAX_HEADER_LIST},
     {"max-message", required_argument, NULL, OPT_MAX_MESSAGE},
@@ -88,7 +90,10 @@ static void usage(FILE *f) {
       "                           whose tokens to accept [vkeyd is its own\n"
       "                           development issuer: "
       "DATA/identity-issuer.key]\n"
-      "  --workers N              signature worker threads [CPUs]\n"
+      "  --workers N              signature worker threads of each event\n"
+      "                           loop [CPUs]\n"
+      "  --loops N                event loop threads; connections are\n"
+      "                           dealt to them in turn [CPUs]\n"
       "  --rate-vehicle N         verifications per second per vehicle,\n"
       "                           per instance; 0 turns it off [100]\n"
       "  --rate-caller N          verifications per second per caller\n"
@@ -96,7 +101,8 @@ static void usage(FILE *f) {
       "  --max-streams N          concurrent streams per connection [100]\n"
       "  --max-header-list BYTES  request metadata per call [16384]\n"
       "  --max-message BYTES      one gRPC message [4194304]\n"
-      "  --max-connections N      open connections [18000]\n"
+      "  --max-connections N      open connections, all loops together\n"
+      "                           [18000]\n"
       "  --idle-timeout MS        close connections idle this long [300000]\n"
       "  --send-queue BYTES       per-call unsent response bytes [262144]\n"
       "  --drain-timeout MS       grace for in-flight calls on SIGTERM "
@@ -173,6 +179,7 @@ typedef struct {
 
 static const num_opt_t kNumOpts[] = {
     {OPT_WORKERS, "--workers", 0, 256},
+    {OPT_LOOPS, "--loops", 0, VK_CONFIG_MAX_LOOPS},
     {OPT_MAX_STREAMS, "--max-streams", 1, 1u << 20},
     {OPT_MAX_HEADER_LIST, "--max-header-list", 1024, 1u << 20},
     {OPT_MAX_MESSAGE, "--max-message", 64, 64u << 20},
@@ -189,6 +196,8 @@ static uint32_t *num_field(vk_config_t *c, int opt) {
   switch (opt) {
     case OPT_WORKERS:
       return &c->workers;
+    case OPT_LOOPS:
+      return &c->loops;
     case OPT_MAX_STREAMS:
       return &c->limits.max_concurrent_streams;
     case OPT_MAX_HEADER_LIST:

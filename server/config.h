@@ -13,6 +13,9 @@
 extern "C" {
 #endif
 
+// --loops is at most this.
+#define VK_CONFIG_MAX_LOOPS 64u
+
 typedef struct vk_config_s {
   char listen_host[256];  // h2c listener
   int listen_port;
@@ -27,7 +30,8 @@ typedef struct vk_config_s {
   // A trusted identity issuer's public key (hex file); NULL: vkeyd is its
   // own development issuer with DATA/identity-issuer.key.
   const char *identity_pub;
-  unsigned workers;  // 0: one per CPU
+  unsigned workers;  // per event loop; 0: one per CPU
+  unsigned loops;    // event loop threads; 0: one per CPU
   uint32_t drain_timeout_ms;
   uint32_t redis_timeout_ms;
   vk_log_level_t log_level;

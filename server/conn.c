@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 
@@ -151,6 +152,7 @@ void vk__conn_close(vk_conn_t *c) {
     c->next->prev = c->prev;
   }
   s->n_conns--;
+  vk__conn_unreserve(s);
   s->closing_conns++;
   c->pending_closes = 2;
   uv_close((uv_handle_t *)&c->tcp, conn_on_handle_closed);
@@ -453,8 +455,7 @@ static void reject_on_close(uv_handle_t *h) {
   free(h);
 }
 
-// Accepts and closes at once: over the connection limit, or out of memory.
-static void reject(vk_listener_t *l) {
+void vk__conn_reject(vk_listener_t *l) {
   uv_tcp_t *t = malloc(sizeof(*t));
   if (t == NULL) {
     return;
@@ -467,18 +468,11 @@ static void reject(vk_listener_t *l) {
   uv_close((uv_handle_t *)t, reject_on_close);
 }
 
-void vk__conn_accept(vk_listener_t *l) {
-  vk_server_t *s = l->server;
-  if (s->n_conns >= s->limits.max_connections || s->draining) {
-    VK_WARN("refusing a connection: %zu open, limit %u", s->n_conns,
-            s->limits.max_connections);
-    reject(l);
-    return;
-  }
+// A new connection on `s`, linked into its set, its socket not open yet.
+static vk_conn_t *conn_new(vk_server_t *s) {
   vk_conn_t *c = calloc(1, sizeof(*c));
   if (c == NULL) {
-    reject(l);
-    return;
+    return NULL;
   }
   c->server = s;
   uv_tcp_init(s->loop, &c->tcp);
@@ -492,18 +486,20 @@ void vk__conn_accept(vk_listener_t *l) {
   }
   s->conns = c;
   s->n_conns++;
-  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
-    vk__conn_close(c);
-    return;
-  }
+  return c;
+}
+
+// Starts HTTP/2 (over TLS when `tls` is not NULL) on a connection whose
+// socket is open.
+static void conn_begin(vk_conn_t *c, SSL_CTX *tls) {
   uv_tcp_nodelay(&c->tcp, 1);
   format_peer(c);
   if (vk__h2_session_new(c) != VK_OK) {
     vk__conn_close(c);
     return;
   }
-  if (l->tls != NULL) {
-    c->ssl = SSL_new(l->tls);
+  if (tls != NULL) {
+    c->ssl = SSL_new(tls);
     BIO *rbio = BIO_new(BIO_s_mem());
     BIO *wbio = BIO_new(BIO_s_mem());
     if (c->ssl == NULL || rbio == NULL || wbio == NULL) {
@@ -523,4 +519,34 @@ void vk__conn_accept(vk_listener_t *l) {
   if (c->ssl == NULL) {
     vk__conn_schedule_flush(c);  // our SETTINGS go out at once
   }
+}
+
+void vk__conn_accept(vk_listener_t *l) {
+  vk_server_t *s = l->server;
+  vk_conn_t *c = conn_new(s);
+  if (c == NULL) {
+    vk__conn_unreserve(s);
+    vk__conn_reject(l);
+    return;
+  }
+  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+    vk__conn_close(c);
+    return;
+  }
+  conn_begin(c, l->tls);
+}
+
+void vk__conn_adopt(vk_server_t *s, int fd, SSL_CTX *tls) {
+  vk_conn_t *c = s->draining ? NULL : conn_new(s);
+  if (c == NULL) {
+    vk__conn_unreserve(s);
+    close(fd);
+    return;
+  }
+  if (uv_tcp_open(&c->tcp, fd) != 0) {
+    close(fd);  // not the handle's until uv_tcp_open succeeds
+    vk__conn_close(c);
+    return;
+  }
+  conn_begin(c, tls);
 }

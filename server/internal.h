@@ -18,6 +18,7 @@
 #ifndef VK_INTERNAL_H
 #define VK_INTERNAL_H
 
+#include <pthread.h>
 #include <stdalign.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -48,6 +49,9 @@ typedef struct vk_listener_s {
   struct vk_listener_s *next;
 } vk_listener_t;
 
+// The connection budget that servers sharing listeners share (server.c).
+typedef struct vk_conn_budget_s vk_conn_budget_t;
+
 struct vk_server_s {
   uv_loop_t *loop;
   vk_server_limits_t limits;
@@ -56,8 +60,23 @@ struct vk_server_s {
   nghttp2_option *h2_option;
 
   vk_listener_t *listeners;
+  // Servers on other loops that this one's listeners deal connections to,
+  // in turn with itself (vk_server_share); next_share is whose turn it is,
+  // 0 being this server.
+  vk_server_t **shares;
+  size_t n_shares;
+  size_t next_share;
+  // Connections another loop's listener dealt to this server, taken over
+  // by on_inbox on this loop: the only part of a server that other
+  // threads touch, under inbox_lock.
+  pthread_mutex_t inbox_lock;
+  struct vk_handoff_s *inbox;
+  size_t inbox_len, inbox_cap;
+  uv_async_t inbox_async;
+
   vk_conn_t *conns;  // doubly linked through conn->prev/next
-  size_t n_conns;
+  size_t n_conns;    // on this loop
+  vk_conn_budget_t *budget;
   vk_conn_t *dirty;  // connections to flush before the loop blocks
   uv_prepare_t flush_prepare;
 
@@ -236,7 +255,21 @@ void vk__call_notify_writable(vk_call_t *call);
 void vk__call_abort(vk_call_t *call, vk_grpc_status_t status, const char *msg);
 
 // --- conn.c -----------------------------------------------------------------
+// Reserves a place in `s`'s connection budget for a new connection: false
+// (and a warning) when the instance is full or `s` is draining.
+bool vk__conn_reserve(vk_server_t *s);
+// Gives a reserved place back.
+void vk__conn_unreserve(vk_server_t *s);
+// Accepts the listener's pending connection and closes it at once: over
+// the connection limit, or out of memory.
+void vk__conn_reject(vk_listener_t *l);
+// Accepts the listener's pending connection into a place reserved on its
+// server.
 void vk__conn_accept(vk_listener_t *l);
+// Takes over `fd` into a place the listener reserved: a connection another
+// loop's listener accepted for `s` (closed when `s` is draining). `tls` as
+// a listener's.
+void vk__conn_adopt(vk_server_t *s, int fd, SSL_CTX *tls);
 void vk__conn_schedule_flush(vk_conn_t *c);
 void vk__conn_flush(vk_conn_t *c);
 void vk__conn_close(vk_conn_t *c);

@@ -24,6 +24,7 @@
 #include "keys.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1858,20 +1859,22 @@ static const vk_method_t keys_methods[] = {
     },
 };
 
-// One vkeyd serves one app, so the service can be a static whose ctx is
-// set here; the scripts' hashes are computed once with it.
-static vk_service_t keys_service = {
-    .name = "vkey.v1.KeyService",
-    .methods = keys_methods,
-    .n_methods = VK_ARRAY_LEN(keys_methods),
-};
+// The scripts' hashes are computed once, whichever loop asks first.
+static pthread_once_t s_scripts_once = PTHREAD_ONCE_INIT;
 
-const vk_service_t *vk_keys_service(vk_app_t *app) {
+static void init_scripts(void) {
   vk_keys_script_init(&s_apply_read);
   vk_keys_script_init(&s_apply_write);
   vk_keys_script_init(&s_key_read);
   vk_keys_script_init(&s_manage_write);
   vk_keys_script_init(&s_list_page);
-  keys_service.ctx = app;
-  return &keys_service;
+}
+
+const vk_service_t *vk_keys_service(vk_app_t *app) {
+  pthread_once(&s_scripts_once, init_scripts);
+  app->keys_service = (vk_service_t){.name = "vkey.v1.KeyService",
+                                     .methods = keys_methods,
+                                     .n_methods = VK_ARRAY_LEN(keys_methods),
+                                     .ctx = app};
+  return &app->keys_service;
 }

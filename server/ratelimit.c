@@ -2,6 +2,7 @@
 #include "ratelimit.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,10 @@ typedef struct {
 } bucket_t;
 
 struct vk_ratelimit_s {
+  // vkeyd's event loops share one limiter, so that a limit is the
+  // instance's whichever loop a call lands on. Taking a token is a few
+  // loads and stores: the lock is held for nanoseconds.
+  pthread_mutex_t lock;
   double rate;  // tokens per ms
   double burst;
   bucket_t *slots;
@@ -30,7 +35,8 @@ int vk_ratelimit_new(vk_ratelimit_t **out, double rate, double burst,
     return VK_ENOMEM;
   }
   r->slots = calloc(slots, sizeof(*r->slots));
-  if (r->slots == NULL) {
+  if (r->slots == NULL || pthread_mutex_init(&r->lock, NULL) != 0) {
+    free(r->slots);
     free(r);
     return VK_ENOMEM;
   }
@@ -43,6 +49,7 @@ int vk_ratelimit_new(vk_ratelimit_t **out, double rate, double burst,
 
 void vk_ratelimit_free(vk_ratelimit_t *r) {
   if (r != NULL) {
+    pthread_mutex_destroy(&r->lock);
     free(r->slots);
     free(r);
   }
@@ -52,26 +59,37 @@ static size_t slot_of(const vk_ratelimit_t *r, const char *key) {
   return (size_t)(vk_table_hash(key, strlen(key)) % r->n);
 }
 
-bool vk_ratelimit_take(vk_ratelimit_t *r, const char *key, double n,
-                       uint64_t now_ms, uint64_t *out_retry_ms) {
-  if (r == NULL || r->rate <= 0) {
-    return true;
-  }
-  bucket_t *b = &r->slots[slot_of(r, key)];
+static bool take_locked(const vk_ratelimit_t *r, bucket_t *b, const char *key,
+                        double n, uint64_t now_ms, uint64_t *out_retry_ms) {
   if (strncmp(b->key, key, KEY_MAX) != 0) {
     strncpy(b->key, key, KEY_MAX);
     b->key[KEY_MAX] = '\0';
     b->tokens = r->burst;
     b->updated_ms = now_ms;
   }
-  double elapsed =
-      now_ms > b->updated_ms ? (double)(now_ms - b->updated_ms) : 0.0;
-  b->tokens = fmin(r->burst, b->tokens + elapsed * r->rate);
-  b->updated_ms = now_ms;
+  // Each loop has its own clock, a millisecond or so apart: time that
+  // runs backwards earns nothing and does not rewind the bucket.
+  if (now_ms > b->updated_ms) {
+    double elapsed = (double)(now_ms - b->updated_ms);
+    b->tokens = fmin(r->burst, b->tokens + elapsed * r->rate);
+    b->updated_ms = now_ms;
+  }
   if (b->tokens >= n) {
     b->tokens -= n;
     return true;
   }
   *out_retry_ms = (uint64_t)ceil((n - b->tokens) / r->rate);
   return false;
+}
+
+bool vk_ratelimit_take(vk_ratelimit_t *r, const char *key, double n,
+                       uint64_t now_ms, uint64_t *out_retry_ms) {
+  if (r == NULL || r->rate <= 0) {
+    return true;
+  }
+  size_t slot = slot_of(r, key);
+  pthread_mutex_lock(&r->lock);
+  bool admitted = take_locked(r, &r->slots[slot], key, n, now_ms, out_retry_ms);
+  pthread_mutex_unlock(&r->lock);
+  return admitted;
 }

@@ -1,4 +1,5 @@
-// ratelimit.h: token buckets per vehicle and per caller, in process. Each
+// ratelimit.h: token buckets per vehicle and per caller, in process. One
+// limiter serves all of vkeyd's event loops (it is thread-safe). Each
 // instance enforces its own share: behind a load balancer that spreads a
 // vehicle's calls over N instances the fleet-wide limit is N times the
 // configured one. Bounded memory: a direct-mapped table where a collision

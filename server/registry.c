@@ -1484,10 +1484,10 @@ static const vk_method_t registry_methods[] = {
 const vk_service_t *vk_registry_service(vk_app_t *app) {
   // One vkeyd has one app, so one service object suffices; it is filled on
   // the loop thread before the server starts and never changes after.
-  static vk_service_t service;
-  service.name = "vkey.v1.RegistryService";
-  service.methods = registry_methods;
-  service.n_methods = VK_ARRAY_LEN(registry_methods);
-  service.ctx = app;
-  return &service;
+  app->registry_service =
+      (vk_service_t){.name = "vkey.v1.RegistryService",
+                     .methods = registry_methods,
+                     .n_methods = VK_ARRAY_LEN(registry_methods),
+                     .ctx = app};
+  return &app->registry_service;
 }

@@ -44,6 +44,15 @@ int vk_server_add_service(vk_server_t *s, const vk_service_t *svc);
 int vk_server_listen(vk_server_t *s, const char *host, int port, SSL_CTX *tls,
                      int *out_port);
 
+// vk_server_share makes `s`'s listeners deal the connections they accept
+// in turn to `s` and to each of `others` (n of them), servers on other
+// loops run by other threads: the way one process serves on several
+// cores. A connection stays on the loop it was dealt to. Call it before any
+// of the loops runs; `others` must stay alive until `s`'s listeners are
+// closed (vk_server_drain or vk_server_free on `s` closes them at once, so
+// drain `s` first). Returns 0 or VK_ENOMEM.
+int vk_server_share(vk_server_t *s, vk_server_t *const *others, size_t n);
+
 // vk_server_drain stops accepting, sends GOAWAY on every connection and
 // lets in-flight calls finish; calls still open after `timeout_ms` are
 // cancelled. `done` runs on the loop once every connection is closed.

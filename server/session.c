@@ -7,6 +7,7 @@
 // its X25519 and Ed25519 work in one worker job.
 #include "session.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,17 @@ static const char kReleaseScript[] =
     "  redis.call('HSET', KEYS[1], 'floor', ARGV[3])\n"
     "end\n"
     "return 1\n";
+
+// Both are sent by hash; the hashes are computed once, whichever loop
+// asks first.
+static vk_redis_script_t s_lease_script;
+static vk_redis_script_t s_release_script;
+static pthread_once_t s_scripts_once = PTHREAD_ONCE_INIT;
+
+static void init_scripts(void) {
+  vk_redis_script_init(&s_lease_script, kLeaseScript);
+  vk_redis_script_init(&s_release_script, kReleaseScript);
+}
 
 // Replaces the vehicle's session, counters included, and tells the other
 // instances (KEYS[2] is the vehicle's notify channel) to forget theirs.
@@ -184,17 +196,15 @@ static void release_lease(vk_sessions_t *s, const session_slot_t *e) {
       e->expires_at_ms <= vk_wall_ms()) {
     return;
   }
-  static vk_redis_script_t script;  // sent by hash; hashed once
-  if (script.src == NULL) {
-    vk_redis_script_init(&script, kReleaseScript);
-  }
+  pthread_once(&s_scripts_once, init_scripts);
   char key[VK_REDIS_KEY_MAX], hi[24], top[24];
   vk_store_vehicle_sub(key, e->vin, "session");
   snprintf(hi, sizeof(hi), "%llu", (unsigned long long)e->lease.hi);
   snprintf(top, sizeof(top), "%llu", (unsigned long long)e->lease.top);
   const char *args[] = {key, (const char *)e->epoch, hi, top};
   size_t lens[] = {strlen(key), kEpochLen, strlen(hi), strlen(top)};
-  vk_redis_eval(s->app->redis, &script, released, NULL, 1, 4, args, lens);
+  vk_redis_eval(s->app->redis, &s_release_script, released, NULL, 1, 4, args,
+                lens);
 }
 
 // Caches a session Redis just confirmed as the vehicle's current one. The
@@ -529,10 +539,7 @@ static void lease_granted(vk_redis_t *r, int status, const redisReply *reply,
 
 // Asks Redis for a lease that covers the request's counter.
 static void ask_lease(auth_ctx_t *a) {
-  static vk_redis_script_t script;  // sent by hash; hashed once
-  if (script.src == NULL) {
-    vk_redis_script_init(&script, kLeaseScript);
-  }
+  pthread_once(&s_scripts_once, init_scripts);
   char counter[24], extra[24];
   snprintf(counter, sizeof(counter), "%llu",
            (unsigned long long)a->auth->counter);
@@ -543,8 +550,8 @@ static void ask_lease(auth_ctx_t *a) {
                         counter, extra};
   size_t lens[] = {strlen(a->redis_key), kEpochLen, strlen(counter),
                    strlen(extra)};
-  if (vk_redis_eval(a->app->redis, &script, lease_granted, a, 1, 4, args,
-                    lens) != VK_OK) {
+  if (vk_redis_eval(a->app->redis, &s_lease_script, lease_granted, a, 1, 4,
+                    args, lens) != VK_OK) {
     auth_end(a, VK_GRPC_UNAVAILABLE, "session store unavailable");
   }
 }

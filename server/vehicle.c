@@ -1220,10 +1220,10 @@ static const vk_method_t vehicle_methods[] = {
 
 const vk_service_t *vk_vehicle_service(vk_app_t *app) {
   // One vkeyd has one app, so one static service suffices.
-  static vk_service_t service;
-  service.name = "vkey.v1.VehicleService";
-  service.methods = vehicle_methods;
-  service.n_methods = VK_ARRAY_LEN(vehicle_methods);
-  service.ctx = app;
-  return &service;
+  app->vehicle_service =
+      (vk_service_t){.name = "vkey.v1.VehicleService",
+                     .methods = vehicle_methods,
+                     .n_methods = VK_ARRAY_LEN(vehicle_methods),
+                     .ctx = app};
+  return &app->vehicle_service;
 }

@@ -14,6 +14,7 @@
 // CheckKeyStatus skip Redis.
 #include "verify.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,13 +83,18 @@ static const char kCommitScript[] =
     "end\n"
     "return {0, 0}\n";
 
-// The script is sent by hash; its hash is computed once.
+// The script is sent by hash; its hash is computed once, whichever loop
+// asks first.
+static vk_redis_script_t s_commit_script;
+static pthread_once_t s_commit_script_once = PTHREAD_ONCE_INIT;
+
+static void init_commit_script(void) {
+  vk_redis_script_init(&s_commit_script, kCommitScript);
+}
+
 static const vk_redis_script_t *commit_script(void) {
-  static vk_redis_script_t script;
-  if (script.src == NULL) {
-    vk_redis_script_init(&script, kCommitScript);
-  }
-  return &script;
+  pthread_once(&s_commit_script_once, init_commit_script);
+  return &s_commit_script;
 }
 
 typedef struct verify_req_s verify_req_t;
@@ -1108,11 +1114,9 @@ static const vk_method_t kMethods[] = {
 };
 
 const vk_service_t *vk_verify_service(vk_app_t *app) {
-  static vk_service_t service = {
-      .name = "vkey.v1.VerifyService",
-      .methods = kMethods,
-      .n_methods = VK_ARRAY_LEN(kMethods),
-  };
-  service.ctx = app;
-  return &service;
+  app->verify_service = (vk_service_t){.name = "vkey.v1.VerifyService",
+                                       .methods = kMethods,
+                                       .n_methods = VK_ARRAY_LEN(kMethods),
+                                       .ctx = app};
+  return &app->verify_service;
 }

@@ -60,6 +60,7 @@ TEST(Config, Defaults) {
   EXPECT_STREQ(p.cfg.data_dir, "./vkey-data");
   EXPECT_STREQ(p.cfg.redis_server, "redis-server");
   EXPECT_EQ(p.cfg.workers, 0u);
+  EXPECT_EQ(p.cfg.loops, 0u);
   EXPECT_EQ(p.cfg.drain_timeout_ms, 5000u);
   EXPECT_EQ(p.cfg.redis_timeout_ms, 2000u);
   EXPECT_EQ(p.cfg.log_level, VK_LOG_INFO);
@@ -166,6 +167,7 @@ TEST(Config, Ranges) {
   };
   const Range ranges[] = {
       {"--workers", "0", "256", nullptr, "257"},
+      {"--loops", "0", "64", nullptr, "65"},
       {"--max-streams", "1", "1048576", "0", "1048577"},
       {"--max-header-list", "1024", "1048576", "1023", "1048577"},
       {"--max-message", "64", "67108864", "63", "67108865"},

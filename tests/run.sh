@@ -1,7 +1,8 @@
 #!/bin/sh
 # run.sh: build and run every test, as CI does. Installs what it needs,
 # builds under ASan+UBSan with warnings as errors, checks formatting, runs
-# the whole suite with ctest, then the thread tests again under TSan.
+# the whole suite with ctest, then the thread tests, and vkeyd's event
+# loops, again under TSan.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -25,8 +26,20 @@ echo "== tests (ASan+UBSan)"
 echo "== thread tests (TSan)"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DVK_TSAN=ON \
   -DVK_WERROR=ON >/dev/null
-cmake --build build-tsan --target worker_test -j"$jobs"
-(cd build-tsan && ctest --output-on-failure -R '^worker_test$')
+cmake --build build-tsan -j"$jobs" \
+  --target worker_test ratelimit_test vkeyd vk_proto_python
+(cd build-tsan && ctest --output-on-failure -R '^(worker|ratelimit)_test$')
+# vkeyd's event loops (--loops) under TSan: connections dealt across
+# threads, the shared limiter, connection budget and health, drain and
+# shutdown.
+tsan_py() {
+  (cd tests/integration &&
+    VK_BUILD_DIR="$PWD/../../build-tsan" VK_SOURCE_DIR="$PWD/../.." \
+      PYTHONPATH="$PWD/../../build-tsan/gen/python:$PWD" \
+      PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "$@")
+}
+tsan_py test_server.py LoopsTest ConnectionLimitTest
+tsan_py test_verify.py TwoLoopTest RateLimitTest
 
 echo "== fuzz (libFuzzer, a few seconds per target)"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug \

@@ -354,7 +354,8 @@ class HeaderLimitTest(ServerCase):
 class ConnectionLimitTest(ServerCase):
 
     def test_max_connections(self):
-        server = self.vkeyd("--max-connections", "3")
+        # Two loops: the limit is the instance's, not each loop's.
+        server = self.vkeyd("--max-connections", "3", "--loops", "2")
         # vkeyd() left a grpcio channel open: close it, and wait until the
         # server has let it go.
         for ch in self._channels:
@@ -702,6 +703,60 @@ class HealthWatchTest(ServerCase):
         self.assertEqual(next(it).status, SERVING)
         call.cancel()
         self.assertEqual(check(stub).status, SERVING)
+
+
+def thread_ticks(pid, name):
+    """CPU ticks (utime + stime) of `pid`'s threads called `name`."""
+    ticks = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return ticks
+
+
+class LoopsTest(ServerCase):
+    """--loops: connections dealt to several event loops, one process."""
+
+    def test_connections_are_dealt_to_every_loop(self):
+        server = self.vkeyd("--loops", "3")
+        names = set()
+        for tid in os.listdir(f"/proc/{server.proc.pid}/task"):
+            with open(f"/proc/{server.proc.pid}/task/{tid}/comm") as f:
+                names.add(f.read().strip())
+        self.assertTrue({"vkeyd-loop1", "vkeyd-loop2"} <= names, names)
+        before = {n: thread_ticks(server.proc.pid, n)
+                  for n in ("vkeyd-loop1", "vkeyd-loop2")}
+        # Six connections of their own (a local subchannel pool each),
+        # opened one after the other: two on each loop.
+        stubs = [health_pb2_grpc.HealthStub(self.channel(
+            server.target, [("grpc.use_local_subchannel_pool", 1)]))
+            for _ in range(6)]
+        # Enough calls that each loop's share is several 10 ms ticks of CPU
+        # even in a Release build.
+        for _ in range(1000):
+            for stub in stubs:
+                self.assertEqual(check(stub).status, SERVING)
+        for name, ticks in before.items():
+            self.assertGreater(thread_ticks(server.proc.pid, name), ticks,
+                               f"{name} served nothing")
+
+    def test_each_loop_drains_on_sigterm(self):
+        server = self.vkeyd("--loops", "2")
+        stubs = [health_pb2_grpc.HealthStub(self.channel(
+            server.target, [("grpc.use_local_subchannel_pool", 1)]))
+            for _ in range(4)]
+        for stub in stubs:
+            self.assertEqual(check(stub).status, SERVING)
+        self.assertEqual(server.stop(), 0)
+        self.assertIn("loop 1 drained", server.log())
+        self.assertIn("loop 0 drained", server.log())
 
 
 if __name__ == "__main__":

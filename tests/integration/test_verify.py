@@ -502,6 +502,33 @@ class RateLimitTest(vkharness.ServerTestCase):
         _, e = self.run_until_limited(lambda i: (VIN1, VIN2)[i % 2])
         self.assertIn("caller", e.details())
 
+    def test_limit_is_the_instances_across_loops(self):
+        # Two loops share one limiter: a caller whose calls alternate
+        # between connections on both gets the instance's burst (twice the
+        # rate: 4), plus what refills meanwhile, not twice that.
+        self.setup_fleet("--loops", "2", "--rate-vehicle", "0",
+                         "--rate-caller", "2")
+        other = grpc.insecure_channel(
+            self.vkeyd.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.addCleanup(other.close)
+        stubs = [self.fleet.verify, verify_pb2_grpc.VerifyServiceStub(other)]
+        rec = self.recs[VIN1]
+        start = time.monotonic()
+        allowed = limited = 0
+        for i in range(16):
+            req = R.VerifyKeyRequest(vin=VIN1, item=item(rec, self.phone))
+            try:
+                stubs[i % 2].VerifyKey(req, metadata=self.fleet.op_md,
+                                       timeout=10)
+                allowed += 1
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(),
+                                 grpc.StatusCode.RESOURCE_EXHAUSTED)
+                limited += 1
+        refilled = 2 * (time.monotonic() - start)
+        self.assertGreater(limited, 0)
+        self.assertLessEqual(allowed, 4 + int(refilled) + 1)
+
 
 class TwoInstanceTest(vkharness.ServerTestCase):
     """Two vkeyd on one Redis, sharing the signing and issuer keys."""
@@ -796,6 +823,30 @@ class TwoInstanceTest(vkharness.ServerTestCase):
         with self.assertRaises(grpc.RpcError) as cm:
             self.verify_on(self.verify_b, rec)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
+
+class TwoLoopTest(TwoInstanceTest):
+    """The same, with A and B two event loops of one vkeyd (--loops 2).
+
+    Connections are dealt to the loops in turn, and each channel here has
+    a connection of its own: the fleet's channel and B's, opened one after
+    the other, are served by different loops, which must then agree the
+    way two instances do (sessions, caches, one-time keys, Redis down).
+    """
+
+    def setUp(self):
+        vkharness.ServerTestCase.setUp(self)
+        self.redis, url = self.start_redis()
+        self.a = self.b = self.start_vkeyd("--loops", "2", redis_url=url,
+                                           name="a")
+        data_a = os.path.join(self.workdir, "a-data")
+        self.fleet = Fleet(self, self.a, data_a)
+        self.fleet.setup()
+        self.chan_b = grpc.insecure_channel(
+            self.b.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.addCleanup(self.chan_b.close)
+        self.verify_b = verify_pb2_grpc.VerifyServiceStub(self.chan_b)
+        self.phone = vkcreds.Ed25519Key()
 
 
 if __name__ == "__main__":
