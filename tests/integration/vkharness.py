@@ -171,6 +171,9 @@ class ServerTestCase(unittest.TestCase):
     def spawn(self, args, name, env=None):
         p = Process(args, self.workdir, name, env)
         self._procs.append(p)
+        # tearDown stops it and checks how it exited; this only catches a
+        # setUp that failed after spawning, when tearDown does not run.
+        self.addCleanup(p.kill)
         return p
 
     def start_redis(self):
