@@ -188,6 +188,11 @@ int vk_server_new(vk_server_t **out, uv_loop_t *loop,
   // Refuse peers that open streams beyond our SETTINGS before they see them,
   // and cap how much nghttp2 keeps for a peer's header compression table.
   nghttp2_option_set_max_deflate_dynamic_table_size(s->h2_option, 4096);
+  // A server nghttp2 keeps closed streams in its RFC 7540 priority tree, a
+  // tree gRPC never uses; keeping them cost ~12% of a session status check
+  // (bench/RESULTS.md, 2026-11-22 session 7). Frames for a closed stream are
+  // still recognised and ignored.
+  nghttp2_option_set_no_closed_streams(s->h2_option, 1);
   uv_prepare_init(loop, &s->flush_prepare);
   uv_prepare_start(&s->flush_prepare, flush_dirty);
   uv_unref((uv_handle_t *)&s->flush_prepare);
