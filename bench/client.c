@@ -250,6 +250,7 @@ static void end_window(bench_t *b) {
   vk_machine_sample_t m1;
   if (vk_machine_sample(&m1) == VK_OK) {
     r->machine_busy_cores = vk_machine_busy_cores(&b->machine0, &m1);
+    r->steal_cores = vk_machine_steal_cores(&b->machine0, &m1);
     r->ncpu = m1.ncpu;
   }
   if (b->cfg->server_pid > 0) {

@@ -233,19 +233,14 @@ int vk_proc_sample_family(vk_proc_sample_t *out, int64_t pid) {
   return VK_OK;
 }
 
-int vk_machine_sample(vk_machine_sample_t *out) {
-  char buf[1024];  // only the first line is needed
+int vk_machine_parse_stat(vk_machine_sample_t *out, const char *text) {
   memset(out, 0, sizeof(*out));
-  int rv = read_text(buf, sizeof(buf), "/proc/stat");
-  if (rv != VK_OK) {
-    return VK_EIO;
-  }
-  if (strncmp(buf, "cpu ", 4) != 0) {
+  if (strncmp(text, "cpu ", 4) != 0) {
     return VK_EPROTO;
   }
   // user nice system idle iowait irq softirq steal (guest is inside user).
   unsigned long long v[8] = {0};
-  const char *p = buf + 4;
+  const char *p = text + 4;
   for (int i = 0; i < 8; i++) {
     char *end;
     v[i] = strtoull(p, &end, 10);
@@ -261,6 +256,20 @@ int vk_machine_sample(vk_machine_sample_t *out) {
     out->total += (uint64_t)v[i];
   }
   out->idle = (uint64_t)v[3] + (uint64_t)v[4];
+  out->steal = (uint64_t)v[7];
+  return VK_OK;
+}
+
+int vk_machine_sample(vk_machine_sample_t *out) {
+  char buf[1024];  // only the first line is needed
+  memset(out, 0, sizeof(*out));
+  if (read_text(buf, sizeof(buf), "/proc/stat") != VK_OK) {
+    return VK_EIO;
+  }
+  int rv = vk_machine_parse_stat(out, buf);
+  if (rv != VK_OK) {
+    return rv;
+  }
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   out->ncpu = n > 0 ? (int)n : 1;
   return VK_OK;
@@ -276,6 +285,15 @@ double vk_machine_busy_cores(const vk_machine_sample_t *before,
       after->idle >= before->idle ? (double)(after->idle - before->idle) : 0.0;
   double busy = (total - idle) / total;
   return busy < 0 ? 0 : busy * after->ncpu;
+}
+
+double vk_machine_steal_cores(const vk_machine_sample_t *before,
+                              const vk_machine_sample_t *after) {
+  if (after->total <= before->total || after->steal < before->steal) {
+    return 0;
+  }
+  return (double)(after->steal - before->steal) /
+         (double)(after->total - before->total) * after->ncpu;
 }
 
 double vk_self_cpu_s(void) {

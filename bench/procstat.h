@@ -57,17 +57,27 @@ int vk_proc_parse_status_kb(uint64_t *out_kb, const char *text,
 typedef struct vk_machine_sample_s {
   uint64_t total;  // jiffies of every CPU state, all CPUs
   uint64_t idle;   // idle + iowait
+  uint64_t steal;  // time the hypervisor ran something else on our vCPUs
   int ncpu;        // online CPUs
 } vk_machine_sample_t;
 
-// vk_machine_sample reads the "cpu" line of /proc/stat. Returns 0 or
-// VK_EIO / VK_EPROTO.
+// vk_machine_parse_stat reads the "cpu" line at the start of the text of
+// /proc/stat into `out` (ncpu is left 0). Returns 0 or VK_EPROTO.
+int vk_machine_parse_stat(vk_machine_sample_t *out, const char *text);
+
+// vk_machine_sample reads /proc/stat. Returns 0 or VK_EIO / VK_EPROTO.
 int vk_machine_sample(vk_machine_sample_t *out);
 
 // vk_machine_busy_cores returns how many CPUs were busy on average between
-// two samples (0..ncpu).
+// two samples (0..ncpu). Steal counts as busy: the CPU was not ours.
 double vk_machine_busy_cores(const vk_machine_sample_t *before,
                              const vk_machine_sample_t *after);
+
+// vk_machine_steal_cores returns how many CPUs the hypervisor took on
+// average between two samples (the steal column; part of it may also be
+// charged to the processes that were running).
+double vk_machine_steal_cores(const vk_machine_sample_t *before,
+                              const vk_machine_sample_t *after);
 
 // vk_self_cpu_s returns this process's user + system CPU seconds.
 double vk_self_cpu_s(void);

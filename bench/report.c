@@ -79,8 +79,9 @@ static double cpu_us_per_request(const vk_bench_result_t *r) {
   return us_per_request(r, r->server_cpu_s);
 }
 
-// other_cores is what neither the client nor the server used: a busy
-// machine makes a run suspect (BENCHMARKING.md).
+// other_cores is what neither the client nor the server used, steal
+// included: a busy machine or a busy host makes a run suspect
+// (BENCHMARKING.md).
 static double other_cores(const vk_bench_result_t *r) {
   if (r->elapsed_s <= 0) {
     return 0;
@@ -221,8 +222,10 @@ void vk_bench_report_text(FILE *out, const vk_bench_config_t *cfg,
               (unsigned long long)r->keys_reused);
     }
   }
-  fprintf(out, "machine      %.2f of %d cores busy, %.2f by other processes\n",
-          r->machine_busy_cores, r->ncpu, other_cores(r));
+  fprintf(out,
+          "machine      %.2f of %d cores busy, %.2f by other processes; "
+          "the hypervisor took %.2f (steal)\n",
+          r->machine_busy_cores, r->ncpu, other_cores(r), r->steal_cores);
 }
 
 // json_string prints `s` as a JSON string. Server text (grpc-message) can
@@ -319,11 +322,12 @@ void vk_bench_report_json(FILE *out, const vk_bench_config_t *cfg,
   fprintf(out,
           ",\"max_backlog\":%llu,\"server_max_streams\":%u,"
           "\"client_cpu_s\":%.3f,\"client_cpu_cores\":%.4f,"
-          "\"machine_busy_cores\":%.4f,\"other_cpu_cores\":%.4f,\"ncpu\":%d",
+          "\"machine_busy_cores\":%.4f,\"other_cpu_cores\":%.4f,"
+          "\"steal_cpu_cores\":%.4f,\"ncpu\":%d",
           (unsigned long long)r->max_backlog, r->server_max_streams,
           r->client_cpu_s,
           r->elapsed_s > 0 ? r->client_cpu_s / r->elapsed_s : 0.0,
-          r->machine_busy_cores, other_cores(r), r->ncpu);
+          r->machine_busy_cores, other_cores(r), r->steal_cores, r->ncpu);
   if (r->has_server) {
     fprintf(out,
             ",\"server\":{\"pid\":%lld,\"cpu_s\":%.3f,\"cpu_cores\":%.4f,"

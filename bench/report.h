@@ -52,6 +52,7 @@ typedef struct vk_bench_result_s {
   vk_hist_t step_latency[VK_BENCH_MAX_STEPS];
   double client_cpu_s;        // this process, over the window
   double machine_busy_cores;  // every process, over the window
+  double steal_cores;         // of those, what the hypervisor took
   int ncpu;
   uint32_t server_max_streams;  // SETTINGS_MAX_CONCURRENT_STREAMS seen
   int has_server;               // --server-pid was given

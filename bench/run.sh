@@ -186,8 +186,11 @@ proc_cpu() {
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
 }
 
-# The most CPU other processes used, as a median over one row's runs.
+# The most CPU other processes used, as a median over one row's runs, and
+# the most the hypervisor took (steal) in any one vkey-bench run: on a
+# shared host, "other" is often the host's and not this machine's.
 OTHER_WORST=0
+STEAL_WORST=0
 row() {  # figure value limit ratio gen_cpu other_cpu
   local gen=$5 other=$6
   if [[ $other =~ ^[0-9.]+$ ]] &&
@@ -431,11 +434,13 @@ bench_run() {
       echo "run.sh: vkey-bench failed: ${cmd[*]}" >&2
       exit 1
     fi
-    local other
+    local other steal
     other=$(jget "$out" other_cpu_cores)
+    steal=$(jget "$out" steal_cpu_cores)
+    STEAL_WORST=$(awk -v s="$steal" -v w="$STEAL_WORST" 'BEGIN { print (s > w) ? s : w }')
     DISTURBED=$(awk -v o="$other" -v m="$OTHER_CPU_MAX" 'BEGIN { print (o > m) ? 1 : 0 }')
     [ "$DISTURBED" = 0 ] && break
-    warn "other processes used $other cores during a run (try $try)"
+    warn "other processes used $other cores during a run (try $try); the hypervisor took $steal cores (steal)"
   done
   record_cmd "${PIN[@]}" vkey-bench "${cmd[@]:$((${#PIN[@]} + 1))}"
   local failed
@@ -1061,6 +1066,7 @@ if awk -v o="$OTHER_WORST" -v m="$OTHER_CPU_MAX" 'BEGIN { exit !(o > m) }'; then
   KIND="$KIND; DISTURBED: other processes used up to $(calc "$OTHER_WORST" 2) cores, repeat on an idle machine"
   warn "the run was disturbed by other processes ($(calc "$OTHER_WORST" 2) cores)"
 fi
+STEAL_NOTE="the hypervisor took up to $(calc "$STEAL_WORST" 2) cores in a run (steal)"
 
 {
   echo "| figure | value | limit | ratio | load gen CPU (cores) | other CPU (cores) |"
@@ -1070,7 +1076,7 @@ fi
 
 echo
 echo "vkey bench, $DATE, commit $COMMIT ($KIND)"
-echo "machine: $MODEL, $NCPU CPUs${HYPER:+ ($HYPER)}; ${BUSY_PCT}% busy before the run"
+echo "machine: $MODEL, $NCPU CPUs${HYPER:+ ($HYPER)}; ${BUSY_PCT}% busy before the run; $STEAL_NOTE"
 echo
 cat "$T/table.md"
 echo
@@ -1109,7 +1115,7 @@ if [ "$APPEND" = 1 ]; then
     echo
     echo "## $DATE, commit $COMMIT ($KIND)"
     echo
-    echo "Machine: $MODEL, $NCPU CPUs${HYPER:+ ($HYPER)}; ${BUSY_PCT}% busy before the run."
+    echo "Machine: $MODEL, $NCPU CPUs${HYPER:+ ($HYPER)}; ${BUSY_PCT}% busy before the run; $STEAL_NOTE."
     echo "Medians of $REPEATS runs; -c $CONNS -m $STREAMS; vkey-bench -d $DURATION --warmup $WARMUP."
     echo
     cat "$T/table.md"

@@ -194,6 +194,26 @@ TEST(BenchProcstat, ParsesStatWithAWickedCommandName) {
   EXPECT_EQ(VK_EPROTO, vk_proc_parse_stat(&ticks, "no parenthesis"));
 }
 
+TEST(BenchProcstat, MachineBusyCountsStealAndReportsItApart) {
+  // user nice system idle iowait irq softirq steal guest guest_nice
+  vk_machine_sample_t a, b;
+  ASSERT_EQ(VK_OK, vk_machine_parse_stat(
+                       &a, "cpu  1000 0 100 5000 10 0 50 200 0 0\ncpu0 1 2"));
+  ASSERT_EQ(VK_OK, vk_machine_parse_stat(
+                       &b, "cpu  1300 0 150 5130 20 0 50 300 0 0\ncpu0 1 2"));
+  EXPECT_EQ(200u, a.steal);
+  EXPECT_EQ(5010u, a.idle);
+  a.ncpu = b.ncpu = 2;
+  // 590 jiffies passed: 140 idle, 450 busy of which 100 stolen.
+  EXPECT_NEAR(2.0 * 450 / 590, vk_machine_busy_cores(&a, &b), 1e-9);
+  EXPECT_NEAR(2.0 * 100 / 590, vk_machine_steal_cores(&a, &b), 1e-9);
+  // A kernel without the steal field reports none.
+  ASSERT_EQ(VK_OK, vk_machine_parse_stat(&a, "cpu  1 2 3 4 5"));
+  EXPECT_EQ(0u, a.steal);
+  EXPECT_EQ(VK_EPROTO, vk_machine_parse_stat(&a, "cpu  1 2 3"));
+  EXPECT_EQ(VK_EPROTO, vk_machine_parse_stat(&a, "intr 1 2 3 4 5"));
+}
+
 TEST(BenchProcstat, ParsesParentAndChildrenTicks) {
   // ppid is field 4; cutime = 7 and cstime = 8 are fields 16 and 17.
   const char *stat =
