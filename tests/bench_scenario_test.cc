@@ -305,13 +305,18 @@ TEST(BenchProcstat, LoopThreadsCpuApartFromTheOthers) {
 
 // vkeyd's other event loops run in threads named vkeyd-loopN: they count
 // with the main thread. Sampled while the thread runs: an ended thread's
-// time stays in the process's total only.
+// time stays in the process's total only. The thread burns a measured
+// amount of its own CPU, not of wall time: a busy machine (parallel tests,
+// a host that steals) gives it less CPU per second.
 TEST(BenchProcstat, ThreadsNamedVkeydLoopCountAsLoops) {
-  std::atomic<bool> stop{false};
-  std::atomic<bool> named{false};
+  std::atomic<bool> named{false}, go{false}, burned{false}, stop{false};
   std::thread loop([&] {
     pthread_setname_np(pthread_self(), "vkeyd-loop1");
     named = true;
+    while (!go) {
+    }
+    burn(nullptr, 0.3);
+    burned = true;
     while (!stop) {
     }
   });
@@ -319,10 +324,14 @@ TEST(BenchProcstat, ThreadsNamedVkeydLoopCountAsLoops) {
   }
   vk_proc_sample_t before, after;
   ASSERT_EQ(VK_OK, vk_proc_sample(&before, getpid()));
-  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  go = true;
+  while (!burned) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   ASSERT_EQ(VK_OK, vk_proc_sample(&after, getpid()));
   stop = true;
   loop.join();
+  // /proc counts in 10 ms ticks.
   EXPECT_GE(after.loop_threads_cpu_s - before.loop_threads_cpu_s, 0.25);
 }
 
